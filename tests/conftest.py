@@ -1,0 +1,32 @@
+"""Shared fixtures: quick profile, the toy dataset, and the real samples (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VTFUSION_PROFILE", "quick")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from vtfusion.paths import real_ad_root  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def real_ad() -> Path:
+    """``../shared/datasets/real_ad``; tests using it skip when the folder is absent."""
+    root = real_ad_root()
+    if not root.is_dir():
+        pytest.skip(f"real samples not present at {root} (they ship beside the repository as ../shared)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_root() -> Path:
+    """The default toy dataset (generated once, reused)."""
+    from vtfusion.data.toy import ensure_toy_dataset
+
+    return ensure_toy_dataset()

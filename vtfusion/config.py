@@ -1,0 +1,204 @@
+"""One config system: dataclasses grouped in :class:`ExperimentConfig`, and named profiles.
+
+Two profiles exist:
+
+``quick``
+    the ``tiny`` random open_clip backbone, the generated toy dataset and a short
+    training schedule: every chapter runs on a laptop CPU in minutes. Its numbers
+    show the mechanics of the method, never the paper's quality.
+``paper``
+    OpenCLIP ViT-B-16-plus-240 with the ``laion400m_e32`` weights, MVTec AD, and
+    the paper's hyper-parameters (Sec. IV-A). Meant for a GPU.
+
+The profile is chosen by an explicit argument, else ``$VTFUSION_PROFILE``, else
+automatically (:func:`auto_profile`): ``paper`` only when CUDA, the weights and the
+dataset are all present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtfusion import paths
+
+PROFILES = ("quick", "paper")
+PROFILE_ENV = "VTFUSION_PROFILE"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images are read and how.
+
+    Attributes:
+        dataset: ``toy`` | ``mvtec`` | ``visa`` | ``real_ad`` | ``folder`` (any MVTec-layout folder).
+        root: dataset root; ``None`` means the default for ``dataset`` (see :mod:`vtfusion.paths`).
+        categories: categories to run; empty means every category of the dataset.
+        image_size: images are resized to ``image_size x image_size`` without centre crop
+            (DESIGN §7); masks are resized with nearest neighbour.
+        shots: the k of k-shot (number of normal training images).
+        seeds: shot-list seeds; results are reported as mean +- std over them.
+    """
+
+    dataset: str = "toy"
+    root: str | None = None
+    categories: tuple[str, ...] = ()
+    image_size: int = 240
+    shots: int = 2
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The frozen CLIP backbone (DESIGN §1).
+
+    Attributes:
+        arch: open_clip model name, or ``tiny`` for the small random test model.
+        weights: ``laion400m_e32`` (the paper's pretrained tag), a path to a local
+            weights file, or ``random`` (same architecture, random init: speed and
+            mechanics only, never quality).
+        layers: 1-indexed transformer blocks whose output patch tokens are used
+            **[choice]**: (3, 6, 9, 12) is the 12-block analogue of April-GAN's
+            (6, 12, 18, 24) for ViT-L.
+        precision: ``fp32`` or ``bf16`` (autocast, CUDA only).
+    """
+
+    arch: str = "ViT-B-16-plus-240"
+    weights: str = "laion400m_e32"
+    layers: tuple[int, ...] = (3, 6, 9, 12)
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Algorithm 1 schedule and optimiser (paper Sec. IV-A, DESIGN §6).
+
+    Attributes:
+        iterations: fixed iteration count for every category **[choice]**; the last
+            iterate is evaluated (no checkpoint selection on the test split).
+        lr_aie: Adam learning rate of the adaptive image encoder (paper: 1e-3).
+        lr_ate: Adam learning rate of the adaptive text encoder (paper: 1e-4).
+        lr_mpf: Adam learning rate of the fusion module (paper: 1e-4).
+        seed: torch/numpy seed of training (DAS draws, initialisation).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    """
+
+    iterations: int = 1000
+    lr_aie: float = 1e-3
+    lr_ate: float = 1e-4
+    lr_mpf: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that determines a run. Saved next to every result file."""
+
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dictionary (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **sections: Any) -> "ExperimentConfig":
+        """Copy with whole sections or top-level fields replaced."""
+        return dataclasses.replace(self, **sections)
+
+
+def _paper() -> ExperimentConfig:
+    return ExperimentConfig(
+        profile="paper",
+        data=DataConfig(dataset="mvtec", image_size=240, shots=2, seeds=(0, 1, 2)),
+        backbone=BackboneConfig(arch="ViT-B-16-plus-240", weights="laion400m_e32",
+                                layers=(3, 6, 9, 12), precision="bf16"),
+        train=TrainConfig(iterations=1000),
+    )
+
+
+def _quick() -> ExperimentConfig:
+    return ExperimentConfig(
+        profile="quick",
+        data=DataConfig(dataset="toy", image_size=240, shots=2, seeds=(0,)),
+        backbone=BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4), precision="fp32"),
+        train=TrainConfig(iterations=60),
+    )
+
+
+_BUILDERS = {"paper": _paper, "quick": _quick}
+
+
+def get_profile(name: str) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of a named profile (``quick`` or ``paper``)."""
+    if name not in _BUILDERS:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} "
+            f"(argument --profile or ${PROFILE_ENV})"
+        )
+    return _BUILDERS[name]()
+
+
+def paper_requirements() -> dict[str, bool]:
+    """Whether each thing the ``paper`` profile needs is present on this machine."""
+    import torch  # local import: `import vtfusion.config` stays light
+
+    from vtfusion.weights import locate_pretrained_weights
+
+    mvtec = paths.default_dataset_root("mvtec")
+    return {
+        "cuda": torch.cuda.is_available(),
+        "weights": locate_pretrained_weights("ViT-B-16-plus-240", "laion400m_e32") is not None,
+        "dataset": (mvtec / "bottle" / "train" / "good").is_dir(),
+    }
+
+
+def auto_profile() -> str:
+    """``paper`` when CUDA, the CLIP weights and MVTec AD are all present, else ``quick``."""
+    return "paper" if all(paper_requirements().values()) else "quick"
+
+
+def resolve_profile(name: str | None = None) -> str:
+    """Profile name from the argument, else ``$VTFUSION_PROFILE``, else :func:`auto_profile`.
+
+    ``auto`` (as argument or environment value) also means automatic choice.
+    """
+    chosen = name or os.environ.get(PROFILE_ENV) or "auto"
+    if chosen == "auto":
+        return auto_profile()
+    if chosen not in PROFILES:
+        raise ValueError(
+            f"unknown profile {chosen!r} (from {'argument' if name else '$' + PROFILE_ENV}); "
+            f"choose one of {', '.join(PROFILES)} or auto"
+        )
+    return chosen
+
+
+def load_config(profile: str | None = None, announce: bool = False) -> ExperimentConfig:
+    """Resolve the profile (see :func:`resolve_profile`) and return its config.
+
+    With ``announce=True`` one line says which profile runs and why, as every
+    notebook shows at its top.
+    """
+    name = resolve_profile(profile)
+    cfg = get_profile(name)
+    if announce:
+        print(describe(cfg, explicit=bool(profile or os.environ.get(PROFILE_ENV))))
+    return cfg
+
+
+def describe(cfg: ExperimentConfig, explicit: bool = True) -> str:
+    """One human sentence about what a config runs on."""
+    b = cfg.backbone
+    weights = "random init (mechanics only, not the paper's quality)" if b.weights == "random" else b.weights
+    how = "chosen explicitly" if explicit else "chosen automatically"
+    line = (f"profile: {cfg.profile} ({how}); backbone: {b.arch}, weights: {weights}; "
+            f"data: {cfg.data.dataset}; k={cfg.data.shots}; {cfg.train.iterations} training iterations")
+    if cfg.profile == "quick" and not explicit:
+        missing = [k for k, ok in paper_requirements().items() if not ok]
+        line += f". The paper profile needs {', '.join(missing)}: not present here."
+    return line

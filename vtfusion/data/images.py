@@ -1,0 +1,113 @@
+"""Reading images and masks from disk into tensors, with errors that name the file.
+
+Every image is returned as RGB ``float32`` in [0, 1], shape ``3 x S x S`` (resized
+without centre crop, DESIGN §7); every mask as ``float32`` in {0, 1}, ``1 x S x S``,
+resized with nearest neighbour so it stays binary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(OSError):
+    """An image or mask file could not be read or does not fit its partner."""
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise ImageReadError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(
+            f"cannot read image file {path}: {err}. The file may be truncated or not an image; "
+            "re-download the dataset or remove the file."
+        ) from err
+    return img
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """``H x W x 3`` uint8 RGB from any PIL mode (grayscale, RGBA, palette, 16-bit, float).
+
+    16-bit and 32-bit integer images are scaled to 8 bits by their type range
+    (``I;16``: /257); float images are taken to be in [0, 1]. Alpha is dropped.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr8 = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr8[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr8 = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(arr8[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read ``path`` as ``H x W x 3`` uint8 RGB at its original size."""
+    return to_rgb_array(_open(Path(path)))
+
+
+def read_mask(path: str | Path, threshold: int = 0) -> np.ndarray:
+    """Read a mask as ``H x W`` bool: pixels whose gray value exceeds ``threshold``.
+
+    The default 0 accepts 0/255 masks (MVTec AD) and 0/1 or instance-id masks (VisA).
+    """
+    img = _open(Path(path))
+    arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("L"))
+    return arr > threshold
+
+
+def image_to_tensor(rgb: np.ndarray, size: int | None) -> torch.Tensor:
+    """uint8 ``H x W x 3`` -> float32 ``3 x S x S`` in [0, 1] (bicubic, as OpenCLIP resizes)."""
+    img = Image.fromarray(rgb)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def mask_to_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
+    """bool ``H x W`` -> float32 ``1 x S x S`` in {0, 1} (nearest neighbour)."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.NEAREST)
+    arr = (np.asarray(img) > 127).astype(np.float32)
+    return torch.from_numpy(arr)[None]
+
+
+def load_image(path: str | Path, image_size: int | None = 240) -> torch.Tensor:
+    """Read any image file as a ``3 x S x S`` float RGB tensor in [0, 1]."""
+    return image_to_tensor(read_rgb(path), image_size)
+
+
+def load_image_and_mask(
+    image_path: str | Path,
+    mask_path: str | Path | None,
+    image_size: int | None = 240,
+    mask_threshold: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and its mask (all zeros when ``mask_path`` is None), checked to have the same size."""
+    rgb = read_rgb(image_path)
+    if mask_path is None:
+        mask = np.zeros(rgb.shape[:2], dtype=bool)
+    else:
+        mask = read_mask(mask_path, mask_threshold)
+        if mask.shape != rgb.shape[:2]:
+            raise ImageReadError(
+                f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                f"{image_path} is {rgb.shape[1]}x{rgb.shape[0]}; masks must have the size of their "
+                "image (fix or regenerate the mask)."
+            )
+    return image_to_tensor(rgb, image_size), mask_to_tensor(mask, image_size)
