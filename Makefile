@@ -8,7 +8,6 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-stamp
 # Book builds run in the quick profile unless the caller says otherwise.
 export VTFUSION_PROFILE ?= quick
-export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 
 .PHONY: all install book test test-fast toy shots clean clean-book

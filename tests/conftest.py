@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("VTFUSION_PROFILE", "quick")
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 from vtfusion.paths import real_ad_root  # noqa: E402
 
