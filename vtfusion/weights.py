@@ -38,6 +38,10 @@ def locate_pretrained_weights(arch: str, tag: str) -> Path | None:
     return None
 
 
+def _squash(s: str) -> str:
+    return "".join(ch for ch in s.lower() if ch.isalnum())
+
+
 def _open_clip_cache_paths(arch: str, tag: str) -> list[Path]:
     try:
         import open_clip
@@ -49,7 +53,9 @@ def _open_clip_cache_paths(arch: str, tag: str) -> list[Path]:
     if url:
         out.append(Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url))
     hub = cfg.get("hf_hub")
-    if hub:
+    # open_clip 3.3.0 lists the laion400m_e31 repository as the hub entry of the
+    # laion400m_e32 tag: a hub folder that does not name the tag holds other weights.
+    if hub and _squash(tag) in _squash(hub):
         hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
         repo = hub.strip("/").split("/")
         if len(repo) >= 2:
