@@ -64,6 +64,83 @@ def _cmd_shots(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_config(args: argparse.Namespace):
+    """The profile's config with the command-line overrides applied."""
+    import dataclasses
+
+    from vtfusion.config import load_config
+
+    cfg = load_config(args.profile)
+    backbone = cfg.backbone
+    if args.backbone:
+        backbone = dataclasses.replace(backbone, arch=args.backbone)
+    if args.weights:
+        backbone = dataclasses.replace(backbone, weights=args.weights)
+    if args.layers:
+        backbone = dataclasses.replace(backbone, layers=tuple(args.layers))
+    train = cfg.train
+    if args.iterations is not None:
+        train = dataclasses.replace(train, iterations=args.iterations)
+    if args.device:
+        train = dataclasses.replace(train, device=args.device)
+    model = dataclasses.replace(cfg.model, variant=args.variant) if args.variant else cfg.model
+    return cfg.replace(backbone=backbone, train=train, model=model)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from vtfusion.config import describe
+    from vtfusion.train import train_or_load
+
+    cfg = _experiment_config(args)
+    dataset = args.dataset or cfg.data.dataset
+    k = args.shots or cfg.data.shots
+    print(describe(cfg))
+    model, info = train_or_load(cfg, dataset, args.category, k, args.seed, root=args.out, data_root=args.root,
+                                progress=not args.quiet)
+    if info["loaded"]:
+        print(f"already trained (same config): {info['checkpoint']}")
+    else:
+        h = info["history"]
+        print(f"trained {dataset}/{args.category} k={k} seed={args.seed}: {info['iterations']} iterations in "
+              f"{info['seconds']:.1f}s, loss {h[0]['total']:.4f} -> {h[-1]['total']:.4f}")
+        print(f"checkpoint: {info['checkpoint']}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from vtfusion.checkpoint import load_checkpoint
+    from vtfusion.data import load_dataset
+    from vtfusion.predict import predict_files
+    from vtfusion.train import resolve_device
+
+    model, cfg, extra = load_checkpoint(args.checkpoint, device=resolve_device(args.device or "auto"))
+    if args.images:
+        files = list(args.images)
+    else:
+        dataset = args.dataset or extra.get("dataset")
+        category = args.category or extra.get("category")
+        if not dataset or not category:
+            print("error: give image files, or --dataset and --category", file=sys.stderr)
+            return 2
+        split = load_dataset(dataset, category, args.split, args.root, None)
+        files = [r.image for r in split.records]
+    table = predict_files(model, files, args.out, image_size=cfg.data.image_size)
+    print(f"scored {len(files)} image(s): maps, overlays and {table}")
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and schedule (default: the profile's)")
+    g.add_argument("--profile", choices=["quick", "paper", "auto"], default=None,
+                   help="config profile (default: $VTFUSION_PROFILE, else automatic)")
+    g.add_argument("--backbone", default=None, help="open_clip architecture, or 'tiny'")
+    g.add_argument("--weights", default=None, help="pretrained tag (laion400m_e32), a weights file, or 'random'")
+    g.add_argument("--layers", type=int, nargs="+", default=None, help="1-indexed blocks whose tokens are used")
+    g.add_argument("--variant", choices=["full", "ate_aie", "ate"], default=None, help="Table II row")
+    g.add_argument("--iterations", type=int, default=None, help="training iterations")
+    g.add_argument("--device", default=None, help="auto, cpu or cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vtfusion",
@@ -105,6 +182,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", type=Path, default=None, metavar="ROOT",
                    help="check every listed file exists in this extracted copy of the dataset")
     p.set_defaults(func=_cmd_shots)
+
+    p = sub.add_parser("train", help="train VTFusion on one category (Algorithm 1)",
+                       description="Train VTFusion on the k-shot normal images of one category. A run with the "
+                                   "same config, category, k and seed that already finished is reused.")
+    p.add_argument("--dataset", default=None, help="toy, mvtec, visa, real_ad or folder (default: the profile's)")
+    p.add_argument("--category", required=True, help="category name")
+    p.add_argument("--root", type=Path, default=None, help="dataset root (needed for --dataset folder)")
+    p.add_argument("--shots", type=int, default=None, help="k, the number of normal images (default: profile)")
+    p.add_argument("--seed", type=int, default=0, help="shot-list and training seed (default 0)")
+    p.add_argument("--out", type=Path, default=None, help="runs folder (default: runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="score images with a trained model",
+                       description="Write score maps (.npy), overlays (.png) and scores.csv for images or a test split.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by `vtfusion train`")
+    p.add_argument("images", nargs="*", type=Path, help="image files (default: the test split of --dataset/--category)")
+    p.add_argument("--dataset", default=None, help="dataset of the split to score (default: the checkpoint's)")
+    p.add_argument("--category", default=None, help="category (default: the checkpoint's)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--root", type=Path, default=None, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from vtfusion import paths
+from vtfusion.das import DASConfig
+from vtfusion.model.network import ModelConfig
 
 PROFILES = ("quick", "paper")
 PROFILE_ENV = "VTFUSION_PROFILE"
@@ -100,15 +103,44 @@ class ExperimentConfig:
     profile: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    das: DASConfig = field(default_factory=DASConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dictionary (tuples become lists)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        """Inverse of :meth:`to_dict` (results and checkpoints store configs this way)."""
+        return from_dict(cls, data)
+
     def replace(self, **sections: Any) -> "ExperimentConfig":
         """Copy with whole sections or top-level fields replaced."""
         return dataclasses.replace(self, **sections)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from a plain dictionary; lists become tuples.
+
+    Unknown keys are an error naming the key, so a stale results file is noticed.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}; "
+                         "was this file written by another version of vtfusion?")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
 
 
 def _paper() -> ExperimentConfig:
@@ -126,7 +158,7 @@ def _quick() -> ExperimentConfig:
         profile="quick",
         data=DataConfig(dataset="toy", image_size=240, shots=2, seeds=(0,)),
         backbone=BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4), precision="fp32"),
-        train=TrainConfig(iterations=60),
+        train=TrainConfig(iterations=300),
     )
 
 

@@ -73,3 +73,98 @@ def format_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     line = "  ".join("-" * w for w in widths)
     fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths))  # noqa: E731
     return "\n".join([fmt(cells[0]), line, *[fmt(r) for r in cells[1:]]])
+
+
+# --- score maps -------------------------------------------------------------------------
+
+def _upsample(score_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    m = score_map.detach().float().cpu()
+    m = m.reshape(1, 1, m.shape[-2], m.shape[-1])
+    if tuple(m.shape[-2:]) != tuple(size):
+        m = torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+    return m[0, 0].numpy()
+
+
+def draw_heatmap(ax, image, score_map, mask=None, threshold: float | None = None, opacity: float = 0.5,
+                 vmin: float | None = None, vmax: float | None = None, title: str | None = None) -> None:
+    """One panel: the image, the score map on top (jet), the ground truth as a red outline,
+    and with ``threshold`` the predicted region as a white outline."""
+    img = to_numpy_image(image)
+    heat = _upsample(score_map, img.shape[:2])
+    ax.imshow(img)
+    ax.imshow(heat, cmap="jet", alpha=opacity, vmin=vmin, vmax=vmax)
+    m = _mask2d(mask)
+    if m is not None and m.any():
+        ax.contour(m.astype(float), levels=[0.5], colors="red", linewidths=1.0)
+    if threshold is not None and (heat >= threshold).any() and (heat < threshold).any():
+        ax.contour((heat >= threshold).astype(float), levels=[0.5], colors="white", linewidths=0.8)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def heatmap_grid(images: Sequence, maps: dict[str, torch.Tensor], masks: Sequence | None = None,
+                 titles: Sequence[str] | None = None, map_types: Sequence[str] | None = None,
+                 threshold: float | None = None, opacity: float = 0.5, size: float = 2.0):
+    """Static figure: one row per image, one column per map type (plus the input).
+
+    ``maps`` maps a name (``vision``, ``text``, ``fused``, ``final``...) to a ``N x 1 x h x w``
+    tensor. Each map type uses one colour range over all rows, so rows are comparable.
+    """
+    import matplotlib.pyplot as plt
+
+    map_types = list(map_types or maps)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(map_types) + 1, figsize=(size * (len(map_types) + 1), size * n), squeeze=False)
+    ranges = {k: (float(maps[k].min()), float(maps[k].max())) for k in map_types}
+    for i in range(n):
+        axes[i, 0].imshow(to_numpy_image(images[i]))
+        m = _mask2d(masks[i]) if masks is not None else None
+        if m is not None and m.any():
+            axes[i, 0].contour(m.astype(float), levels=[0.5], colors="red", linewidths=1.0)
+        axes[i, 0].axis("off")
+        axes[i, 0].set_title(titles[i] if titles else "input", fontsize=8)
+        for j, k in enumerate(map_types, start=1):
+            lo, hi = ranges[k]
+            draw_heatmap(axes[i, j], images[i], maps[k][i], masks[i] if masks is not None else None,
+                         threshold if k == "final" else None, opacity, lo, hi, k if i == 0 else None)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_explorer(images: Sequence, maps: dict[str, torch.Tensor], masks: Sequence | None = None,
+                     titles: Sequence[str] | None = None):
+    """Interactive explorer (ipywidgets): image selector, map type, threshold and opacity.
+
+    Returns the widget; display it as the last expression of a cell. Follow it with
+    :func:`heatmap_grid` so static pages still show the maps.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    labels = list(titles) if titles else [f"image {i}" for i in range(len(images))]
+    pick = widgets.Dropdown(options=[(t, i) for i, t in enumerate(labels)], value=0, description="image")
+    kind = widgets.Dropdown(options=list(maps), value="final" if "final" in maps else list(maps)[0],
+                            description="map")
+    thr = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="threshold",
+                              readout_format=".2f", continuous_update=False)
+    alpha = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity",
+                                continuous_update=False)
+    out = widgets.Output()
+
+    def redraw(*_):
+        k = kind.value
+        lo, hi = float(maps[k].min()), float(maps[k].max())
+        thr.min, thr.max = min(lo, thr.min), max(hi, thr.max)
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(4, 4))
+            draw_heatmap(ax, images[pick.value], maps[k][pick.value],
+                         masks[pick.value] if masks is not None else None, thr.value, alpha.value, lo, hi,
+                         f"{labels[pick.value]}: {k} (red: ground truth, white: >= threshold)")
+            plt.show()
+
+    for w in (pick, kind, thr, alpha):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([pick, kind]), widgets.HBox([thr, alpha]), out])
