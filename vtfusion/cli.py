@@ -129,6 +129,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from vtfusion import paths
+    from vtfusion.config import describe
+    from vtfusion.reproduce import format_rows, reproduce, write_summary
+
+    cfg = _experiment_config(args)
+    # The quick profile always runs on its own (toy) data; --dataset then only picks the
+    # paper column printed beside it.
+    dataset = cfg.data.dataset if cfg.profile == "quick" else args.dataset
+    if args.dataset != dataset:
+        print(f"note: the quick profile runs on the {dataset} data; its table is printed beside the paper's "
+              f"{args.dataset} values as a reference, not a comparison")
+    if args.categories:
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, categories=tuple(args.categories)))
+    print(describe(cfg))
+    rows = reproduce(args.table, cfg, dataset, shots=tuple(args.shots) if args.shots else None,
+                     seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
+                     runs_root=args.runs, data_root=args.root,
+                     paper_dataset=args.dataset if args.dataset in ("mvtec", "visa") else None,
+                     progress=not args.quiet)
+    print(format_rows(rows))
+    out = Path(args.results or paths.PROJECT_ROOT / "results") / cfg.profile
+    json_path, csv_path = write_summary(rows, out)
+    print(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and schedule (default: the profile's)")
     g.add_argument("--profile", choices=["quick", "paper", "auto"], default=None,
@@ -207,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("reproduce", help="reproduce a table of the paper cell by cell",
+                       description="Train and evaluate every (category, k, seed, method) cell of a paper table, "
+                                   "print ours (mean +- std over seeds) beside the paper's values, write CSV/JSON. "
+                                   "Finished cells are reused, so an interrupted run resumes.")
+    p.add_argument("table", choices=["table1", "table2", "table3"])
+    p.add_argument("--dataset", default="mvtec", help="mvtec or visa (quick profile: runs on toy data)")
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="k values (default 2 4 8; table3: 2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="shot seeds (default: the profile's)")
+    p.add_argument("--categories", nargs="+", default=None, help="subset of categories (default: all)")
+    p.add_argument("--root", type=Path, default=None, help="dataset root")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    p.add_argument("--runs", type=Path, default=None, help="trained models folder (default runs/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from vtfusion.data.images import load_image
+from vtfusion.io import atomic_write
 
 
 def heat_overlay(image: torch.Tensor, score_map: torch.Tensor, vmax: float = 1.0, alpha: float = 0.5) -> np.ndarray:
@@ -47,14 +47,13 @@ def predict_files(model, paths: Sequence[str | Path], out_dir: str | Path, image
             np.save(out / "maps" / f"{stem}.npy", score_map.numpy().astype(np.float32))
             Image.fromarray(heat_overlay(images[j], score_map)).save(out / "overlays" / f"{stem}.png")
             rows.append((str(p), float(pred["score"][j])))
-    table = out / "scores.csv"
-    tmp = table.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "image_score"])
-        writer.writerows(rows)
-    os.replace(tmp, table)
-    return table
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["path", "image_score"])
+            writer.writerows(rows)
+
+    return atomic_write(out / "scores.csv", write_csv)
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:

@@ -161,6 +161,7 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     from vtfusion.checkpoint import load_checkpoint, save_checkpoint
     from vtfusion.data import load_dataset
     from vtfusion.data.shots import shot_list_for
+    from vtfusion.io import atomic_write_json
 
     cfg = cfg.replace(train=_with_seed(cfg, seed))
     path = run_dir(cfg, dataset, category, k, seed, root) / "model.pt"
@@ -175,6 +176,7 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
              "shots": list(shot_list.files), "vtfusion_version": __version__}
     save_checkpoint(model, cfg, path, extra)
+    atomic_write_json(path.with_name("history.json"), extra)
     return model, {**extra, "loaded": False, "checkpoint": str(path)}
 
 

@@ -47,6 +47,7 @@ from typing import IO
 from tqdm.auto import tqdm
 
 from vtfusion.data.categories import MVTEC_AD_CATEGORIES, VISA_CATEGORIES
+from vtfusion.io import atomic_write_json
 
 __all__ = [
     "DOWNLOADS_DIRNAME",
@@ -831,9 +832,7 @@ def download_dataset(
         "extra_files": [e.dest for e, _ in extras],
         "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, marker)
+    atomic_write_json(marker, info)
     _say(f"{name} is ready in {root} ({len(written)} files); the archive stays in {downloads} "
          f"(delete it to free the space)")
     return root

@@ -16,15 +16,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from vtfusion import __version__, paths
+from vtfusion import paths
+from vtfusion.io import atomic_write_text
 
 if TYPE_CHECKING:
     from vtfusion.data.datasets import AnomalyDataset
@@ -82,19 +81,6 @@ def make_shot_list(dataset: str, category: str, pool: Sequence[str], k: int, see
 
 def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None) -> Path:
     return Path(base or paths.shots_dir()) / dataset / category / f"k{k}_seed{seed}.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_shot_list(shot_list: ShotList, base: str | Path | None = None) -> Path:

@@ -1,0 +1,121 @@
+"""VTFusion before and after training on the real samples in ../shared/datasets/real_ad.
+
+A benchmark, not a test: it trains one model per category (k-shot, one seed) and reports
+image AUROC, pixel AUROC and AUPRO of the untrained and the trained model, with the
+iteration count and wall times. The backbone is the paper's architecture with RANDOM
+weights unless --weights says otherwise, so the numbers measure the pipeline on real
+defects, never the paper's quality.
+
+    python bench/bench_real_ad.py --iterations 300 --out runs/bench/real_ad.json
+
+The frozen backbone's test tokens are computed once per category and reused for both
+models (the backbone is the same before and after training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vtfusion import __version__
+from vtfusion.backbone import build_backbone
+from vtfusion.config import get_profile
+from vtfusion.data import load_dataset
+from vtfusion.metrics import evaluate_maps
+from vtfusion.train import build_model, train_vtfusion
+from vtfusion.viz import format_table
+
+
+def tokens_of(backbone, dataset, batch_size: int) -> torch.Tensor:
+    out = []
+    for i in range(0, len(dataset), batch_size):
+        images = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size, len(dataset)))])
+        out.append(backbone(images.to(backbone.mean.device)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model, tokens: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, size: int, batch: int) -> dict:
+    model.eval()
+    device = next(model.aie.parameters()).device
+    finals = [model.forward_tokens(tokens[i:i + batch].to(device), (size, size))["final"].float().cpu()
+              for i in range(0, len(tokens), batch)]
+    return evaluate_maps(torch.cat(finals)[:, 0], masks, labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--categories", nargs="+", default=["tire", "magnetic_tile"])
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--weights", default="random", help="random (default), laion400m_e32 or a file")
+    p.add_argument("--variant", default="full", choices=["full", "ate_aie", "ate"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/real_ad.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    base = get_profile("paper")
+    cfg = base.replace(
+        data=dataclasses.replace(base.data, dataset="real_ad", shots=args.k, seeds=(args.seed,)),
+        backbone=dataclasses.replace(base.backbone, weights=args.weights),
+        model=dataclasses.replace(base.model, variant=args.variant),
+        train=dataclasses.replace(base.train, iterations=args.iterations, seed=args.seed, device=args.device))
+    start = time.perf_counter()
+    backbone = build_backbone(cfg.backbone, seed=args.seed)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    backbone.to(device)
+    rows, results = [], []
+    for category in args.categories:
+        test = load_dataset("real_ad", category, "test", image_size=cfg.data.image_size)
+        shots = load_dataset("real_ad", category, "train").load_shots(args.k, args.seed)
+        t0 = time.perf_counter()
+        tokens = tokens_of(backbone, test, args.batch)
+        t_tokens = time.perf_counter() - t0
+        masks = torch.stack([test[i]["mask"] for i in range(len(test))])[:, 0]
+        labels = torch.tensor(test.labels)
+
+        model = build_model(cfg, dataset="real_ad", category=category, backbone=backbone, device=device)
+        model.build_prototypes(backbone(shots.to(device)))
+        untrained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
+        model = build_model(cfg, dataset="real_ad", category=category, backbone=backbone, device=device)
+        result = train_vtfusion(model, shots, cfg, "real_ad", category, progress=False)
+        trained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
+        h = result.history
+        record = {"category": category, "n_test": len(test), "untrained": untrained, "trained": trained,
+                  "train_seconds": result.seconds, "test_token_seconds": t_tokens,
+                  "loss_first10": sum(x["total"] for x in h[:10]) / min(10, len(h)),
+                  "loss_last10": sum(x["total"] for x in h[-10:]) / min(10, len(h))}
+        results.append(record)
+        for name, m in (("untrained", untrained), ("trained", trained)):
+            rows.append((category, name, m["image_auroc"], m["pixel_auroc"], m["aupro"]))
+        print(f"{category}: tokens of {len(test)} test images {t_tokens:.0f}s, training {result.seconds:.0f}s, "
+              f"loss {record['loss_first10']:.4f} -> {record['loss_last10']:.4f}", flush=True)
+    print(f"\nreal_ad, k={args.k}, seed {args.seed}, {args.iterations} iterations, variant {args.variant}, "
+          f"backbone {cfg.backbone.arch} weights={cfg.backbone.weights}, device {device}")
+    print(format_table(rows, ("category", "model", "image AUROC", "pixel AUROC", "AUPRO")))
+    payload = {"config": cfg.to_dict(), "vtfusion_version": __version__, "device": str(device),
+               "platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+               "argv": sys.argv, "wall_seconds": time.perf_counter() - start, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
