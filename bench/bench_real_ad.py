@@ -7,6 +7,7 @@ weights unless --weights says otherwise, so the numbers measure the pipeline on 
 defects, never the paper's quality.
 
     python bench/bench_real_ad.py --iterations 300 --out runs/bench/real_ad.json
+    python bench/bench_real_ad.py --variants ate ate_aie --out runs/bench/real_ad_ablation.json
 
 The frozen backbone's test tokens are computed once per category and reused for both
 models (the backbone is the same before and after training).
@@ -16,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import platform
 import sys
 import time
@@ -29,6 +28,7 @@ from vtfusion import __version__
 from vtfusion.backbone import build_backbone
 from vtfusion.config import get_profile
 from vtfusion.data import load_dataset
+from vtfusion.io import atomic_write_json
 from vtfusion.metrics import evaluate_maps
 from vtfusion.train import build_model, train_vtfusion
 from vtfusion.viz import format_table
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--weights", default="random", help="random (default), laion400m_e32 or a file")
-    p.add_argument("--variant", default="full", choices=["full", "ate_aie", "ate"])
+    p.add_argument("--variants", nargs="+", default=["full"], choices=["full", "ate_aie", "ate"],
+                   help="model variants (Table II rows); test tokens are shared between them")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
@@ -70,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = base.replace(
         data=dataclasses.replace(base.data, dataset="real_ad", shots=args.k, seeds=(args.seed,)),
         backbone=dataclasses.replace(base.backbone, weights=args.weights),
-        model=dataclasses.replace(base.model, variant=args.variant),
         train=dataclasses.replace(base.train, iterations=args.iterations, seed=args.seed, device=args.device))
     start = time.perf_counter()
     backbone = build_backbone(cfg.backbone, seed=args.seed)
@@ -87,32 +87,32 @@ def main(argv: list[str] | None = None) -> int:
         masks = torch.stack([test[i]["mask"] for i in range(len(test))])[:, 0]
         labels = torch.tensor(test.labels)
 
-        model = build_model(cfg, dataset="real_ad", category=category, backbone=backbone, device=device)
-        model.build_prototypes(backbone(shots.to(device)))
-        untrained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
-        model = build_model(cfg, dataset="real_ad", category=category, backbone=backbone, device=device)
-        result = train_vtfusion(model, shots, cfg, "real_ad", category, progress=False)
-        trained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
-        h = result.history
-        record = {"category": category, "n_test": len(test), "untrained": untrained, "trained": trained,
-                  "train_seconds": result.seconds, "test_token_seconds": t_tokens,
-                  "loss_first10": sum(x["total"] for x in h[:10]) / min(10, len(h)),
-                  "loss_last10": sum(x["total"] for x in h[-10:]) / min(10, len(h))}
-        results.append(record)
-        for name, m in (("untrained", untrained), ("trained", trained)):
-            rows.append((category, name, m["image_auroc"], m["pixel_auroc"], m["aupro"]))
-        print(f"{category}: tokens of {len(test)} test images {t_tokens:.0f}s, training {result.seconds:.0f}s, "
-              f"loss {record['loss_first10']:.4f} -> {record['loss_last10']:.4f}", flush=True)
-    print(f"\nreal_ad, k={args.k}, seed {args.seed}, {args.iterations} iterations, variant {args.variant}, "
+        for variant in args.variants:
+            vcfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=variant))
+            model = build_model(vcfg, dataset="real_ad", category=category, backbone=backbone, device=device)
+            model.build_prototypes(backbone(shots.to(device)))
+            untrained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
+            model = build_model(vcfg, dataset="real_ad", category=category, backbone=backbone, device=device)
+            result = train_vtfusion(model, shots, vcfg, "real_ad", category, progress=False)
+            trained = evaluate(model, tokens, masks, labels, cfg.data.image_size, args.batch)
+            h = result.history
+            record = {"category": category, "variant": variant, "n_test": len(test), "untrained": untrained,
+                      "trained": trained, "train_seconds": result.seconds, "test_token_seconds": t_tokens,
+                      "loss_first10": sum(x["total"] for x in h[:10]) / min(10, len(h)),
+                      "loss_last10": sum(x["total"] for x in h[-10:]) / min(10, len(h))}
+            results.append(record)
+            for name, m in (("untrained", untrained), ("trained", trained)):
+                rows.append((category, variant, name, m["image_auroc"], m["pixel_auroc"], m["aupro"]))
+            print(f"{category}/{variant}: tokens of {len(test)} test images {t_tokens:.0f}s, training "
+                  f"{result.seconds:.0f}s, loss {record['loss_first10']:.4f} -> {record['loss_last10']:.4f}",
+                  flush=True)
+    print(f"\nreal_ad, k={args.k}, seed {args.seed}, {args.iterations} iterations, variants {' '.join(args.variants)}, "
           f"backbone {cfg.backbone.arch} weights={cfg.backbone.weights}, device {device}")
-    print(format_table(rows, ("category", "model", "image AUROC", "pixel AUROC", "AUPRO")))
+    print(format_table(rows, ("category", "variant", "model", "image AUROC", "pixel AUROC", "AUPRO")))
     payload = {"config": cfg.to_dict(), "vtfusion_version": __version__, "device": str(device),
                "platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
                "argv": sys.argv, "wall_seconds": time.perf_counter() - start, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, payload)
     print(f"wrote {args.out}")
     return 0
 

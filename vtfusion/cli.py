@@ -134,12 +134,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     from vtfusion import paths
     from vtfusion.config import describe
-    from vtfusion.reproduce import format_rows, reproduce, write_summary
+    from vtfusion.reproduce import format_rows, reproduce, run_dataset_for, write_summary
 
     cfg = _experiment_config(args)
-    # The quick profile always runs on its own (toy) data; --dataset then only picks the
-    # paper column printed beside it.
-    dataset = cfg.data.dataset if cfg.profile == "quick" else args.dataset
+    dataset = run_dataset_for(cfg, args.dataset)
     if args.dataset != dataset:
         print(f"note: the quick profile runs on the {dataset} data; its table is printed beside the paper's "
               f"{args.dataset} values as a reference, not a comparison")

@@ -112,6 +112,20 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
     return rows
 
 
+def run_dataset_for(cfg: ExperimentConfig, paper_dataset: str) -> str:
+    """The data a table row runs on: the paper's dataset in the paper profile, else the
+    profile's own data (toy), whose table is printed beside the paper's values as a reference."""
+    return paper_dataset if cfg.profile == "paper" else cfg.data.dataset
+
+
+def reproduce_cell(table: str, cfg: ExperimentConfig, paper_dataset: str, k: int,
+                   categories: tuple[str, ...] | None = None, **kwargs) -> list[dict]:
+    """One (dataset, k) cell of a table, as the reproduction chapters show it: runs or loads
+    every (category, seed, method) run of that cell and returns its summary rows."""
+    return reproduce(table, cfg, run_dataset_for(cfg, paper_dataset), shots=(k,), categories=categories,
+                     paper_dataset=paper_dataset, progress=False, **kwargs)
+
+
 def format_rows(rows: list[dict]) -> str:
     """Ours (mean +- std over seeds, %) beside the paper's value and the difference."""
     from vtfusion.viz import format_table
