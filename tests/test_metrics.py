@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
 
 from vtfusion import metrics as M
 
@@ -112,6 +113,21 @@ def test_pixel_metrics_match_sklearn_on_maps() -> None:
     assert out["image_auroc"] == pytest.approx(roc_auc_score(img_y, img_s), abs=1e-6)
     assert out["image_ap"] == pytest.approx(average_precision_score(img_y, img_s), abs=1e-6)
     assert out["image_f1_max"] == pytest.approx(reference_f1_max(img_s, img_y), abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", [None, 7])
+def test_roc_curve_matches_sklearn_and_integrates_to_auroc(levels: int | None) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.random(500)
+    if levels:
+        scores = np.round(scores * levels) / levels  # ties
+    labels = rng.random(500) < 0.3
+    fpr, tpr, thr = M.roc_curve(scores, labels)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr.numpy(), sk_fpr, atol=1e-12)
+    np.testing.assert_allclose(tpr.numpy(), sk_tpr, atol=1e-12)
+    assert math.isinf(float(thr[0])) and bool(torch.all(thr[1:-1] > thr[2:]))
+    assert abs(float(np.trapezoid(tpr.numpy(), fpr.numpy())) - M.auroc(scores, labels)) < 1e-12
 
 
 def test_perfect_and_inverted_scores() -> None:

@@ -206,7 +206,7 @@ class NoiseConfig:
         area: (min, max) share of the image covered by the changed pixels.
         blobs: (min, max) number of random blobs making the region.
         kinds: noise distributions drawn uniformly per image: ``uniform`` (U(-a, a)),
-            ``gaussian`` (N(0, a^2)), ``positive`` (|N(0, a^2)|, one-sided brightening).
+            ``gaussian`` (``N(0, a^2)``), ``positive`` (``|N(0, a^2)|``, one-sided brightening).
         amplitude: (min, max) of ``a`` on the [0, 1] intensity scale **[choice]**.
         color_prob: probability of independent noise per channel (coloured); otherwise
             the same noise on all channels. Grayscale-origin images (equal channels)

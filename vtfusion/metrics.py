@@ -266,6 +266,22 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return _auroc_from_curve(_sorted_curve(s, _binary_tensor(labels, "labels", s.device)))
 
 
+def roc_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[Tensor, Tensor, Tensor]:
+    """``(fpr, tpr, thresholds)``: the ROC curve from (0, 0), one point per distinct score.
+
+    The points whose trapezoid area :func:`auroc` returns; for plotting. Arguments and
+    errors as :func:`auroc`. ``thresholds[0]`` is ``+inf`` (nothing predicted anomalous).
+    """
+    s = _scores_tensor(scores, "scores")
+    c = _sorted_curve(s, _binary_tensor(labels, "labels", s.device))
+    _require_both_classes(c, "the ROC curve")
+    zero = c.tps.new_zeros(1)
+    fpr = torch.cat([zero, c.fps]).double() / c.n_neg
+    tpr = torch.cat([zero, c.tps]).double() / c.n_pos
+    thresholds = torch.cat([c.thresholds.new_full((1,), float("inf")), c.thresholds])
+    return fpr.cpu(), tpr.cpu(), thresholds.cpu()
+
+
 def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
     """Average precision, exact, as ``sklearn.metrics.average_precision_score``.
 

@@ -168,3 +168,82 @@ def heatmap_explorer(images: Sequence, maps: dict[str, torch.Tensor], masks: Seq
         w.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([pick, kind]), widgets.HBox([thr, alpha]), out])
+
+
+# --- the method at a glance ---------------------------------------------------------------
+
+# (x, y) centres on a 16 x 9 canvas; kind: data, frozen, trained or output.
+_PIPELINE_BOXES = {
+    "shots": (1.4, 7.5, "k normal shots", "data"),
+    "das": (1.4, 5.6, "DAS: synthetic\nanomalies (Sec. III-B)", "trained_free"),
+    "test": (1.4, 3.7, "test image", "data"),
+    "clip_img": (4.6, 5.6, "CLIP image encoder\ntokens of blocks 3, 6, 9, 12", "frozen"),
+    "aie": (7.6, 5.6, "AIE: linear maps\n+ feature adaptor", "trained"),
+    "proto": (7.6, 7.6, "prototypes (Eq. 1)\nfrom the shots", "frozen_built"),
+    "mv": (10.5, 6.6, "vision map $M^v$\nnearest prototype (Eqs. 2, 5)", "output"),
+    "prompts": (1.4, 1.4, '"a photo of a normal /\ndamaged [o]" ensemble', "data"),
+    "clip_txt": (4.6, 1.4, "CLIP text encoder", "frozen"),
+    "ate": (7.6, 1.4, "ATE: text adapter", "trained"),
+    "mt": (10.5, 3.4, "text map $M^t$\npatch-text similarity (Eq. 6)", "output"),
+    "mpf": (13.4, 5.0, "MPF: fusion block\n(self-attention, Eq. 7)\n+ segmentation net", "trained"),
+    "out": (13.4, 1.4, "anomaly map $M$\nand image score", "output"),
+}
+_PIPELINE_ARROWS = [("shots", "das"), ("shots", "clip_img"), ("das", "clip_img"), ("test", "clip_img"),
+                    ("clip_img", "aie"), ("aie", "proto"), ("aie", "mv"), ("proto", "mv"), ("aie", "mt"),
+                    ("prompts", "clip_txt"), ("clip_txt", "ate"), ("ate", "mt"), ("mv", "mpf"), ("mt", "mpf"),
+                    ("mpf", "out")]
+_PIPELINE_STYLE = {"data": ("white", "0.3"), "frozen": ("#dce6f2", "#3b6ea5"), "frozen_built": ("#eef2f8", "#3b6ea5"),
+                   "trained": ("#fde3c8", "#c0651b"), "trained_free": ("#f3f3f3", "0.4"),
+                   "output": ("#e3f1dd", "#4a8a34")}
+
+
+def pipeline_figure(width: float = 11.0):
+    """The VTFusion pipeline (the paper's Fig. 2) redrawn: frozen CLIP encoders in blue,
+    trained modules in orange, maps in green, with the equation numbers of each step.
+
+    Training adds the losses: NFC/AFS (Eqs. 3-4) on the vision branch, the segmentation
+    loss (Eqs. 8-10) on the final map; the figure notes them at the bottom.
+
+    Returns:
+        the matplotlib ``Figure``.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(width, width * 9 / 16))
+    ax.set_xlim(-0.1, 14.9)
+    ax.set_ylim(-0.5, 8.7)
+    ax.axis("off")
+    boxes = {}
+    for key, (x, y, text, kind) in _PIPELINE_BOXES.items():
+        face, edge = _PIPELINE_STYLE[kind]
+        w, h = 2.35, 0.6 + 0.3 * text.count("\n")
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.08",
+                                    facecolor=face, edgecolor=edge, linewidth=1.3))
+        ax.text(x, y, text, ha="center", va="center", fontsize=7)
+        boxes[key] = (x, y, w, h)
+
+    def ends(a, b):
+        """Start and end points: box sides for column-to-column arrows, top/bottom within a
+        column; arrivals are nudged towards the source so two arrows do not meet in one point."""
+        (xa, ya, wa, ha), (xb, yb, wb, hb) = boxes[a], boxes[b]
+        if abs(xb - xa) < 0.5:
+            sy = np.sign(yb - ya)
+            return (xa, ya + sy * (ha / 2 + 0.1)), (xb, yb - sy * (hb / 2 + 0.1))
+        sx, nudge = np.sign(xb - xa), np.clip((ya - yb) * 0.15, -hb / 3, hb / 3)
+        return (xa + sx * (wa / 2 + 0.1), ya), (xb - sx * (wb / 2 + 0.1), yb + nudge)
+
+    for a, b in _PIPELINE_ARROWS:
+        start, end = ends(a, b)
+        ax.annotate("", xy=end, xytext=start,
+                    arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.0, shrinkA=0, shrinkB=0))
+    legend = [("frozen (CLIP)", "frozen"), ("trained", "trained"), ("maps", "output"), ("inputs", "data")]
+    for i, (label, kind) in enumerate(legend):
+        face, edge = _PIPELINE_STYLE[kind]
+        ax.add_patch(FancyBboxPatch((8.9 + 1.5 * i, 8.35), 0.3, 0.2, boxstyle="round,pad=0.03",
+                                    facecolor=face, edgecolor=edge))
+        ax.text(9.3 + 1.5 * i, 8.45, label, fontsize=7, va="center")
+    ax.text(7.3, -0.2, "training: L = L_NFC + L_AFS (Eqs. 3-4, on the AIE features) + L_seg (Eqs. 8-10, "
+            "on M against DAS masks); Algorithm 1", ha="center", fontsize=7.5, style="italic")
+    fig.tight_layout()
+    return fig

@@ -16,6 +16,7 @@ dataset name.
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,21 @@ def dataset_root(dataset: str, root: str | Path | None = None) -> Path:
     if dataset in ("mvtec", "visa"):
         return paths.default_dataset_root(dataset)
     raise ValueError(f"dataset {dataset!r} needs an explicit root (an MVTec-layout folder)")
+
+
+def storage_name(dataset: str, root: str | Path | None = None) -> str:
+    """The folder name under which runs and results of ``dataset`` are stored.
+
+    Named datasets keep their name. A custom ``folder`` gets ``folder-<8 hex>`` from its
+    absolute path, so two different folders with a category of the same name never
+    share a trained model or a result file.
+    """
+    if dataset != "folder":
+        return dataset
+    if root is None:
+        raise ValueError("dataset 'folder' needs root=<MVTec-layout folder>")
+    digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    return f"folder-{digest}"
 
 
 def load_dataset(dataset: str, category: str, split: str = "test", root: str | Path | None = None,

@@ -3,13 +3,13 @@
 The package draws its own small dataset so that every chapter, test and CPU run has
 data without a download. Four categories (:data:`vtfusion.data.categories.TOY`):
 
-``weave``   (texture) plain-woven fabric: warp and weft yarns with twist, slubs and
-            a slightly irregular lattice.
-``granite`` (texture) polished speckled stone: feldspar, quartz and mica grains.
-``washer``  (object)  a turned steel washer on a dark mat, with small changes of
-            position, tilt, size and lighting.
-``chip``    (object)  an SOIC package with gull-wing leads soldered on gold pads of a
-            green board, with small shifts and rotations.
+* ``weave`` (texture): plain-woven fabric, warp and weft yarns with twist, slubs and
+  a slightly irregular lattice.
+* ``granite`` (texture): polished speckled stone, feldspar, quartz and mica grains.
+* ``washer`` (object): a turned steel washer on a dark mat, with small changes of
+  position, tilt, size and lighting.
+* ``chip`` (object): an SOIC package with gull-wing leads soldered on gold pads of a
+  green board, with small shifts and rotations.
 
 Normal images vary a little (position, rotation, colour, lighting, texture phase) so
 that the task is learnable but not trivial. Defects are drawn physically (height
