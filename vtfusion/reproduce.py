@@ -73,9 +73,15 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
               seeds: tuple[int, ...] | None = None, categories: tuple[str, ...] | None = None,
               results_root: str | Path | None = None, runs_root: str | Path | None = None,
               data_root: str | Path | None = None, paper_dataset: str | None = None,
-              progress: bool = True) -> list[dict]:
-    """Run (or reuse) every cell of ``table`` and return one summary row per (method, k)."""
+              progress: bool = True, cache=None) -> list[dict]:
+    """Run (or reuse) every cell of ``table`` and return one summary row per (method, k).
+
+    All cells share one backbone and one :class:`~vtfusion.cache.FeatureCache` (``None``:
+    ``FeatureCache.from_env()``), so a category's test images are decoded and its test
+    tokens computed once for every k, seed and method of the table.
+    """
     from vtfusion.backbone import build_backbone
+    from vtfusion.cache import FeatureCache
     from vtfusion.evaluate import run_cell
 
     shots = tuple(shots or default_shots(table))
@@ -84,13 +90,14 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
     paper_dataset = paper_dataset or (dataset if dataset in ("mvtec", "visa") else "mvtec")
     methods = table_methods(table, cfg)
     backbone = build_backbone(cfg.backbone, seed=0)
+    cache = FeatureCache.from_env() if cache is None else cache
     cells = [(m, k, s, c) for m in methods for k in shots for s in seeds for c in cats]
     bar = _bar(len(cells), progress, f"{table} {dataset}")
     per_cell: dict[tuple[str, int, int], list[dict]] = {}
     for method, k, seed, category in cells:
         result = run_cell(method.config, dataset, category, k, seed, method=f"{table}-{method.key}",
                           results_root=results_root, runs_root=runs_root, data_root=data_root,
-                          backbone=backbone, progress=False)
+                          backbone=backbone, progress=False, cache=cache)
         per_cell.setdefault((method.key, k, seed), []).append(result["metrics"])
         if bar is not None:
             bar.update(1)

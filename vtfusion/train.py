@@ -152,8 +152,11 @@ def run_dir(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: in
 
 def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
                   root: str | Path | None = None, data_root: str | Path | None = None,
-                  backbone=None, progress: bool = True) -> tuple[VTFusion, dict]:
+                  backbone=None, progress: bool = True, cache=None) -> tuple[VTFusion, dict]:
     """Reuse a saved model for the same config and cell, else train and save it.
+
+    ``cache``: an optional :class:`vtfusion.cache.FeatureCache`; it supplies the text
+    embeddings of the prompt ensemble from disk before training (not part of the config).
 
     Returns ``(model, info)``; ``info`` holds the loss history, wall time, shot files and
     whether the model was ``loaded`` from disk.
@@ -164,7 +167,9 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     from vtfusion.io import atomic_write_json
 
     cfg = cfg.replace(train=_with_seed(cfg, seed))
-    path = run_dir(cfg, dataset, category, k, seed, root) / "model.pt"
+    from vtfusion.data.datasets import storage_name
+
+    path = run_dir(cfg, storage_name(dataset, data_root), category, k, seed, root) / "model.pt"
     if path.is_file():
         model, _, extra = load_checkpoint(path, backbone=backbone, device=resolve_device(cfg.train.device))
         return model, {**extra, "loaded": True, "checkpoint": str(path)}
@@ -172,6 +177,8 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     shot_list = shot_list_for(train_set, k, seed)
     shots = train_set.load_shots(k, seed)
     model = build_model(cfg, dataset=dataset, category=category, backbone=backbone, device=cfg.train.device)
+    if cache is not None:
+        cache.prime_text(model)
     result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress)
     extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
              "shots": list(shot_list.files), "vtfusion_version": __version__}

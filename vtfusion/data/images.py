@@ -69,22 +69,35 @@ def read_mask(path: str | Path, threshold: int = 0) -> np.ndarray:
     return arr > threshold
 
 
-def image_to_tensor(rgb: np.ndarray, size: int | None) -> torch.Tensor:
-    """uint8 ``H x W x 3`` -> float32 ``3 x S x S`` in [0, 1] (bicubic, as OpenCLIP resizes)."""
+def resize_rgb(rgb: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 ``H x W x 3`` -> uint8 ``S x S x 3`` (bicubic, as OpenCLIP resizes; no crop).
+
+    The one resize of the package: :func:`image_to_tensor` and the decoded-image cache
+    (:mod:`vtfusion.cache`) both call it, so cached and freshly decoded images are equal.
+    """
     img = Image.fromarray(rgb)
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return np.asarray(img, dtype=np.uint8)
+
+
+def resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
+    """bool ``H x W`` -> bool ``S x S`` (nearest neighbour, so it stays binary)."""
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.NEAREST)
+    return np.asarray(img) > 127
+
+
+def image_to_tensor(rgb: np.ndarray, size: int | None) -> torch.Tensor:
+    """uint8 ``H x W x 3`` -> float32 ``3 x S x S`` in [0, 1] (bicubic, as OpenCLIP resizes)."""
+    arr = resize_rgb(rgb, size).astype(np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def mask_to_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
     """bool ``H x W`` -> float32 ``1 x S x S`` in {0, 1} (nearest neighbour)."""
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.NEAREST)
-    arr = (np.asarray(img) > 127).astype(np.float32)
-    return torch.from_numpy(arr)[None]
+    return torch.from_numpy(resize_mask(mask, size).astype(np.float32))[None]
 
 
 def load_image(path: str | Path, image_size: int | None = 240) -> torch.Tensor:
@@ -99,6 +112,16 @@ def load_image_and_mask(
     mask_threshold: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image and its mask (all zeros when ``mask_path`` is None), checked to have the same size."""
+    rgb, mask = read_image_and_mask(image_path, mask_path, mask_threshold)
+    return image_to_tensor(rgb, image_size), mask_to_tensor(mask, image_size)
+
+
+def read_image_and_mask(
+    image_path: str | Path,
+    mask_path: str | Path | None,
+    mask_threshold: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 ``H x W x 3`` RGB and bool ``H x W`` mask at the original size, checked to match."""
     rgb = read_rgb(image_path)
     if mask_path is None:
         mask = np.zeros(rgb.shape[:2], dtype=bool)
@@ -110,4 +133,4 @@ def load_image_and_mask(
                 f"{image_path} is {rgb.shape[1]}x{rgb.shape[0]}; masks must have the size of their "
                 "image (fix or regenerate the mask)."
             )
-    return image_to_tensor(rgb, image_size), mask_to_tensor(mask, image_size)
+    return rgb, mask

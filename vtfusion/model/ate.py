@@ -117,7 +117,7 @@ class AdaptiveTextEncoder(nn.Module):
             backbone: a :class:`~vtfusion.backbone.FrozenCLIP` (anything with
                 ``encode_text(list[str]) -> T x c`` and a ``source`` string).
         """
-        key = (object_name, self.cfg.prompts, getattr(backbone, "source", None) or id(backbone))
+        key = self._cache_key(object_name, backbone)
         if key not in self._cache:
             prompts = build_prompts(object_name, self.cfg.prompts)
             emb = torch.stack([ensemble_embedding(backbone.encode_text(prompts[c])) for c in CLASSES])
@@ -126,6 +126,21 @@ class AdaptiveTextEncoder(nn.Module):
                                  f"{self.embed_dim}: build it with AdaptiveTextEncoder.from_backbone(backbone)")
             self._cache[key] = emb.detach()
         return self._cache[key]
+
+    def _cache_key(self, object_name: str, backbone: nn.Module) -> Hashable:
+        return (object_name, self.cfg.prompts, getattr(backbone, "source", None) or id(backbone))
+
+    def has_class_embeddings(self, object_name: str, backbone: nn.Module) -> bool:
+        """Whether :meth:`class_embeddings` would return without running the text encoder."""
+        return self._cache_key(object_name, backbone) in self._cache
+
+    def set_class_embeddings(self, object_name: str, backbone: nn.Module, embeddings: torch.Tensor) -> None:
+        """Prime the cache with embeddings computed earlier (:class:`vtfusion.cache.FeatureCache`
+        keeps them on disk, keyed by the backbone's weights and the prompts)."""
+        if tuple(embeddings.shape) != (len(CLASSES), self.embed_dim):
+            raise ValueError(f"class embeddings must be {len(CLASSES)} x {self.embed_dim}, "
+                             f"got {tuple(embeddings.shape)}")
+        self._cache[self._cache_key(object_name, backbone)] = embeddings.detach()
 
     def clear_cache(self) -> None:
         self._cache.clear()
