@@ -91,3 +91,14 @@ def test_custom_folders_never_share_runs_or_results(tmp_path) -> None:
     assert storage_name("toy") == "toy"
     with pytest.raises(ValueError, match="root"):
         storage_name("folder")
+
+
+def test_max_images_per_type_takes_the_first_images_of_each_type(tmp_path) -> None:
+    _write_category(tmp_path / "src")
+    report = tile_category(tmp_path / "src", "part", tmp_path / "tiles", max_images_per_type=2)
+    # train/good: 2 of 3 images; test: 1 good and 1 scratch image (each type has only one)
+    assert (report.train_patches, report.test_good_patches, report.test_defective_patches) == (12, 11, 1)
+    names = sorted(p.name for p in (tmp_path / "tiles/part/train/good").iterdir())
+    assert {n.split("_")[0] for n in names} == {"000", "001"}
+    with pytest.raises(ValueError, match="max_images_per_type"):
+        tile_category(tmp_path / "src", "part", tmp_path / "other", max_images_per_type=0)

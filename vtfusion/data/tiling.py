@@ -60,7 +60,8 @@ def patch_origins(length: int, patch: int) -> list[int]:
 
 def tile_category(root: str | Path, category: str, out_root: str | Path, patch: int = 240,
                   min_defect_pixels: int = 1,
-                  keep: Callable[[np.ndarray], bool] | None = None, overwrite: bool = False) -> TilingReport:
+                  keep: Callable[[np.ndarray], bool] | None = None, overwrite: bool = False,
+                  max_images_per_type: int | None = None) -> TilingReport:
     """Write ``out_root/category`` in MVTec layout with the patches of ``root/category``.
 
     Args:
@@ -72,6 +73,9 @@ def tile_category(root: str | Path, category: str, out_root: str | Path, patch: 
         keep: optional filter on the ``patch x patch x 3`` uint8 patch (e.g. enough
             foreground after background removal); rejected patches are not written.
         overwrite: replace an existing output category (else it is reused when complete).
+        max_images_per_type: tile only the first ``n`` source images (sorted by name) of
+            ``train/good`` and of each test type: a smaller, still deterministic folder for
+            a quick look; ``None`` tiles every image.
 
     Returns:
         a :class:`TilingReport`. A ``tiling.json`` in the output records the arguments, so
@@ -81,6 +85,10 @@ def tile_category(root: str | Path, category: str, out_root: str | Path, patch: 
     out_dir = Path(out_root) / category
     settings = {"source": str(src.resolve() / category), "patch": patch, "min_defect_pixels": min_defect_pixels,
                 "keep": getattr(keep, "__name__", None) if keep else None}
+    if max_images_per_type is not None:
+        if max_images_per_type < 1:
+            raise ValueError(f"max_images_per_type must be >= 1 or None, got {max_images_per_type}")
+        settings["max_images_per_type"] = max_images_per_type
     marker = out_dir / "tiling.json"
     if marker.exists() and not overwrite:
         done = json.loads(marker.read_text())
@@ -97,7 +105,11 @@ def tile_category(root: str | Path, category: str, out_root: str | Path, patch: 
     counts = {"train_patches": 0, "test_good_patches": 0, "test_defective_patches": 0, "skipped_background": 0}
     for split in ("train", "test"):
         ds = MVTecDataset(src, category, split, image_size=None)
-        for rec in ds.records:
+        taken: dict[str, int] = {}
+        for rec in sorted(ds.records, key=lambda r: (r.defect_type, r.image.name)):
+            taken[rec.defect_type] = taken.get(rec.defect_type, 0) + 1
+            if max_images_per_type is not None and taken[rec.defect_type] > max_images_per_type:
+                continue
             rgb = read_rgb(rec.image)
             mask = read_mask(rec.mask) if rec.mask is not None else np.zeros(rgb.shape[:2], dtype=bool)
             if mask.shape != rgb.shape[:2]:
