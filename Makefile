@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export VTFUSION_PROFILE ?= quick
 export PYTHONHASHSEED ?= 0
 
-.PHONY: all install book test test-fast toy shots clean clean-book
+.PHONY: all install book test test-fast toy shots clean clean-book browser
 
 all: test
 
@@ -34,8 +34,13 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
-test: $(STAMP)
-	$(VENV)/bin/pytest
+# Headless Chromium + chromedriver (Debian packages) for tests/test_book_browser.py.
+browser:
+	bash tools/ensure_browser.sh
+
+# VTFUSION_REQUIRE_BROWSER=1: the browser test fails instead of skipping without Chromium.
+test: $(STAMP) browser
+	VTFUSION_REQUIRE_BROWSER=1 $(VENV)/bin/pytest
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest tests -m "not slow"

@@ -1,0 +1,423 @@
+"""The built book in a real browser: every page loads with its images, links and scripts intact.
+
+Builds the book (``jupyter-book build . -W --keep-going``, quick profile; the execution cache
+makes a rebuild cheap) unless a build made by this test is newer than every source, serves
+``_build/html`` on a free 127.0.0.1 port and loads every page of the table of contents (plus
+``genindex``/``search``) in headless Chromium through Selenium. It fails, once, with a list of
+
+* local images that did not load (``naturalWidth == 0``) and local ``<img>``/``<script>``/
+  ``<link>`` resources that the server does not answer with 200;
+* internal links to a missing file, or to a ``#fragment`` with no such ``id``/``name``;
+* browser console errors (SEVERE) coming from our own files on the local server.
+
+External hosts are made unreachable inside the browser (``--host-resolver-rules``): CDN
+assets (MathJax, the widget manager, require.js) cannot load on a machine without network,
+and their failures are reported but never fail the test. Screenshots of the intro and of the
+DAS chapter go to ``test-artifacts/``.
+
+Chromium and chromedriver are Debian's packages (``tools/ensure_browser.sh`` installs them,
+``make test`` runs it). Without them the test skips, unless ``VTFUSION_REQUIRE_BROWSER=1``
+(set by ``make test``), where it fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.network]
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "_build"
+HTML = BUILD / "html"
+# Written after a build that exited 0; a rebuild is skipped only when it is newer than every source.
+BUILD_OK_STAMP = BUILD / ".browser-test-build-ok"
+SOURCES = ("notebooks", "book", "vtfusion", "_toc.yml", "_config.yml")
+ARTIFACTS = REPO / "test-artifacts"
+# Pages screenshotted as test artefacts: the book's root page and one chapter.
+SCREENSHOTS = {"intro.png": "book/intro.html", "chapter-02_das.png": "notebooks/02_das.html"}
+ENSURE = "tools/ensure_browser.sh"
+
+# Chromium flags. Headless on a machine with no display, no GPU and no network:
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # the tests run as root in CI, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm; use /tmp instead
+    # Every host but the local server fails at name resolution at once, instead of waiting
+    # for a network that is not there: CDN assets fail fast and deterministically.
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--no-proxy-server",  # ignore proxy environment variables; 127.0.0.1 is reached directly
+    "--disable-background-networking",  # no update/safe-browsing/metrics requests of its own
+    "--disable-component-update",
+    "--disable-extensions",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--hide-scrollbars",
+    "--window-size=1280,1000",
+]
+
+
+# ----------------------------------------------------------------------------- browser discovery
+
+
+def _need_browser(reason: str):
+    msg = f"{reason}; run `bash {ENSURE}` (installs Debian's chromium and chromium-driver)"
+    if os.environ.get("VTFUSION_REQUIRE_BROWSER") == "1":
+        pytest.fail(msg + " [VTFUSION_REQUIRE_BROWSER=1, so this is a failure, not a skip]")
+    pytest.skip(msg)
+
+
+def _find(name: str) -> str | None:
+    default = Path("/usr/bin") / name
+    return str(default) if default.is_file() else shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def browser_binaries() -> tuple[str, str]:
+    chromium, driver = _find("chromium"), _find("chromedriver")
+    if not chromium:
+        _need_browser("chromium not found")
+    if not driver:
+        _need_browser("chromedriver not found")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _need_browser("selenium is not installed (pip install -e '.[dev]')")
+    return chromium, driver
+
+
+# ----------------------------------------------------------------------------- the book
+
+
+def _newest_source_mtime() -> float:
+    newest = 0.0
+    for name in SOURCES:
+        p = REPO / name
+        files = [p] if p.is_file() else p.rglob("*")
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts and ".ipynb_checkpoints" not in f.parts:
+                newest = max(newest, f.stat().st_mtime)
+    return newest
+
+
+@pytest.fixture(scope="session")
+def built_book(toy_root) -> Path:
+    """``_build/html``, rebuilt unless the last successful build is newer than every source."""
+    fresh = (BUILD_OK_STAMP.is_file() and (HTML / "index.html").is_file()
+             and BUILD_OK_STAMP.stat().st_mtime > _newest_source_mtime())
+    if not fresh:
+        BUILD_OK_STAMP.unlink(missing_ok=True)
+        jb = Path(sys.executable).parent / "jupyter-book"
+        cmd = [str(jb) if jb.is_file() else "jupyter-book", "build", ".", "-W", "--keep-going"]
+        env = {**os.environ, "VTFUSION_PROFILE": "quick"}
+        started = time.time()
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        took = time.time() - started
+        log = (proc.stdout + proc.stderr)[-6000:]
+        assert proc.returncode == 0, f"`{' '.join(cmd)}` exited {proc.returncode} after {took:.0f} s:\n{log}"
+        BUILD.mkdir(exist_ok=True)
+        BUILD_OK_STAMP.write_text(f"jupyter-book build exited 0 in {took:.1f} s\n")
+        # Dated at the build's start: a source saved while the build ran still counts as newer.
+        os.utime(BUILD_OK_STAMP, (started, started))
+    assert (HTML / "index.html").is_file(), f"no {HTML / 'index.html'} after the build"
+    return HTML
+
+
+def _toc_pages(html: Path) -> list[str]:
+    """Paths (relative to ``_build/html``) of the pages generated for ``_toc.yml``."""
+    import yaml
+
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                files.append(e["file"])
+            walk(e.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    pages = ["index.html"] + [re.sub(r"\.(md|ipynb|rst)$", "", f) + ".html" for f in files]
+    pages += [p for p in ("genindex.html", "search.html") if (html / p).is_file()]
+    return pages
+
+
+# ----------------------------------------------------------------------------- server and driver
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - keep pytest output clean
+        pass
+
+
+@pytest.fixture(scope="session")
+def server(built_book: Path):
+    """Base URL (``http://127.0.0.1:PORT/``) of ``_build/html`` served in a thread."""
+    handler = functools.partial(_QuietHandler, directory=str(built_book))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def driver(browser_binaries):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, chromedriver = browser_binaries
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # Selenium Manager is never consulted: the driver path is given (it would try to download).
+    try:
+        drv = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    except Exception as e:  # noqa: BLE001 - e.g. chromium and chromedriver of different versions
+        _need_browser(f"Chromium did not start through {chromedriver}: {type(e).__name__}: {e}")
+    drv.set_page_load_timeout(120)
+    drv.set_script_timeout(60)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+
+
+@functools.lru_cache(maxsize=None)
+def _http_status(url: str) -> int | str:
+    try:
+        with _OPENER.open(url, timeout=30) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+class _Anchors(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if v and (k == "id" or (k == "name" and tag == "a")):
+                self.ids.add(v)
+
+
+@functools.lru_cache(maxsize=None)
+def _anchors(path: Path) -> frozenset[str]:
+    parser = _Anchors()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return frozenset(parser.ids)
+
+
+# Everything the checks need from one loaded page, read from the live DOM (so links and
+# images added by the theme's scripts count too). `src`/`href` properties are absolute URLs.
+_COLLECT_JS = """
+const out = {url: location.href, imgs: [], resources: [], links: [], ids: []};
+for (const img of document.images) {
+  out.imgs.push({src: img.currentSrc || img.src, raw: img.getAttribute('src'),
+                 complete: img.complete, w: img.naturalWidth});
+}
+for (const s of document.querySelectorAll('script[src]')) {
+  out.resources.push({tag: 'script', url: s.src, raw: s.getAttribute('src')});
+}
+for (const l of document.querySelectorAll('link[href]')) {
+  const rel = (l.getAttribute('rel') || '').toLowerCase();
+  if (/stylesheet|preload|icon|manifest/.test(rel)) {
+    out.resources.push({tag: 'link rel=' + rel, url: l.href, raw: l.getAttribute('href')});
+  } else if (/^(next|prev|index|search|up|start)$/.test(rel)) {
+    out.links.push({tag: 'link rel=' + rel, url: l.href, raw: l.getAttribute('href'), text: l.title || ''});
+  }
+}
+for (const a of document.querySelectorAll('a[href]')) {
+  out.links.push({tag: 'a', url: a.href, raw: a.getAttribute('href'),
+                  text: (a.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 60)});
+}
+for (const e of document.querySelectorAll('[id], a[name]')) { out.ids.push(e.id || e.getAttribute('name')); }
+return out;
+"""
+
+# Waits (bounded) for every image, lazy ones included, to finish loading or fail.
+_WAIT_IMAGES_JS = """
+const done = arguments[arguments.length - 1];
+const imgs = Array.from(document.images);
+imgs.forEach(i => { if (i.loading === 'lazy') i.loading = 'eager'; });
+const pending = imgs.filter(i => !i.complete).map(i => new Promise(r => {
+  i.addEventListener('load', r, {once: true}); i.addEventListener('error', r, {once: true});
+}));
+Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 15000))]).then(() => done(true));
+"""
+
+
+def _is_local(url: str, base: str) -> bool:
+    return url.startswith(base)
+
+
+def _local_file(url: str, base: str, html: Path) -> Path:
+    path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    rel = path[len(urllib.parse.urlsplit(base).path):]
+    target = html / rel
+    if not rel or rel.endswith("/") or target.is_dir():
+        target = target / "index.html"
+    return target
+
+
+def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated: list) -> None:
+    """Load ``page`` and append ``(page, problem)`` pairs; external failures go to ``tolerated``."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = base + page
+    try:
+        # Every page as a first visit (no stored theme mode etc.): results do not depend on page order.
+        drv.execute_script("try { localStorage.clear(); sessionStorage.clear(); } catch (e) {}")
+        drv.get(url)
+        if 'http-equiv="Refresh"' in (html / page).read_text(encoding="utf-8", errors="replace"):
+            # index.html is a redirect: wait for the target page before looking at anything
+            WebDriverWait(drv, 30).until(lambda d: d.current_url.split("#")[0] != url)
+            WebDriverWait(drv, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+        drv.execute_async_script(_WAIT_IMAGES_JS)
+        time.sleep(0.3)  # let deferred and async scripts run and report
+        info = drv.execute_script(_COLLECT_JS)
+    except Exception as e:  # noqa: BLE001 - report and go on with the other pages
+        problems.append((page, f"could not load the page ({type(e).__name__}: {e})"))
+        return
+    if info["url"].split("#")[0] != url:
+        shown = info["url"][len(base):] if info["url"].startswith(base) else info["url"]
+        page = f"{page} (-> {shown})"
+
+    # (a) images and resources from our server
+    for img in info["imgs"]:
+        src = img["src"] or ""
+        label = (img["raw"] or src)[:100]
+        if src.startswith("data:") or _is_local(src, base):
+            if not img["complete"] or not img["w"]:
+                problems.append((page, f"<img src={label!r}> did not load (naturalWidth={img['w']})"))
+        elif src:
+            tolerated.append((page, f"external <img src={label!r}>"))
+        if _is_local(src, base):
+            status = _http_status(src.split("#")[0])
+            if status != 200:
+                problems.append((page, f"<img src={label!r}> -> HTTP {status}"))
+    for res in info["resources"]:
+        if _is_local(res["url"], base):
+            status = _http_status(res["url"].split("#")[0])
+            if status != 200:
+                problems.append((page, f"<{res['tag']} href/src={res['raw']!r}> -> HTTP {status}"))
+
+    # (b) internal links: the file exists and so does the #fragment
+    page_ids = set(info["ids"])
+    current = info["url"].split("#")[0]
+    for link in info["links"]:
+        target = link["url"] or ""
+        if not _is_local(target, base):
+            continue  # external, mailto:, javascript:
+        no_frag, _, frag = target.partition("#")
+        file = _local_file(no_frag, base, html)
+        label = f"<{link['tag']} href={link['raw']!r}> ({link['text']!r})"
+        if not file.is_file():
+            problems.append((page, f"{label} -> missing file {file.relative_to(html).as_posix()}"))
+            continue
+        frag = urllib.parse.unquote(frag)
+        if frag and file.suffix == ".html":
+            ids = _anchors(file) | (page_ids if no_frag == current else set())
+            if frag not in ids:
+                problems.append((page, f"{label} -> no element with id or name {frag!r} in "
+                                       f"{file.relative_to(html).as_posix()}"))
+
+    # (c) console errors: ours fail, external ones are only reported
+    for entry in drv.get_log("browser"):
+        if entry.get("level") != "SEVERE":
+            continue
+        msg = entry.get("message", "")
+        source = msg.split(" ", 1)[0]
+        kind = f"console {entry.get('source', '')} error"
+        if source == base + "favicon.ico":
+            # Chromium asks for /favicon.ico by itself when a page declares no icon; no file of
+            # the book refers to it (declared icons are checked as <link rel=icon> resources).
+            tolerated.append((page, f"implicit request: {msg.replace(base, '/')}"))
+        elif source.startswith(base):
+            # "<url> <line>:<col> <text>": name the file, drop positions so pages group together
+            msg = re.sub(r"^(\S+) \d+:\d+ ", r"\1 ", msg)
+            msg = msg.replace(current + " ", "<this page> ", 1)
+            problems.append((page, f"{kind}: {msg.replace(base, '/')}"))
+        elif source.startswith(("http://", "https://")):
+            tolerated.append((page, f"external: {msg}"))
+        else:  # no source URL: cannot be shown to be someone else's
+            problems.append((page, f"{kind} (no source URL): {msg}"))
+
+
+def _grouped(pairs: list) -> list[str]:
+    """One entry per distinct message, with the pages it occurs on."""
+    groups: dict[str, list[str]] = {}
+    for page, msg in pairs:
+        groups.setdefault(msg, []).append(page)
+    return [f"{msg}\n      on {len(pages)} page(s): {', '.join(dict.fromkeys(pages))}"
+            for msg, pages in groups.items()]
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_every_page_loads_its_images_links_and_scripts(browser_binaries, built_book, server, driver):
+    pages = _toc_pages(built_book)
+    missing = [p for p in pages if not (built_book / p).is_file()]
+    assert not missing, f"pages of _toc.yml that the build did not produce: {missing}"
+    problems: list[tuple[str, str]] = []
+    tolerated: list[tuple[str, str]] = []
+    for page in pages:
+        _check_page(driver, server, built_book, page, problems, tolerated)
+    if tolerated:  # printed (see -rA, or the captured output of a failure); never a failure itself
+        print(f"Tolerated, not the book's files ({len(tolerated)}; external hosts are unreachable here):")
+        print("  " + "\n  ".join(_grouped(tolerated)))
+    assert not problems, (f"{len(problems)} problem(s) in the built book ({len(pages)} pages checked):\n  "
+                          + "\n  ".join(_grouped(problems)))
+
+
+def test_screenshots_of_intro_and_a_chapter(browser_binaries, built_book, server, driver):
+    from PIL import Image
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    for name, page in SCREENSHOTS.items():
+        out = ARTIFACTS / name
+        out.unlink(missing_ok=True)
+        driver.get(server + page)
+        driver.execute_async_script(_WAIT_IMAGES_JS)
+        assert driver.save_screenshot(str(out)), f"screenshot of {page} failed"
+        assert out.is_file() and out.stat().st_size > 10_000, f"{out} missing or too small"
+        with Image.open(out) as im:
+            assert im.format == "PNG", f"{out} is {im.format}, not PNG"
+            assert im.width >= 800 and im.height >= 600, f"{out} is only {im.size}"
+            colours = im.convert("RGB").resize((160, 125)).getcolors(maxcolors=1 << 16)
+            assert colours is None or len(colours) > 16, f"{out} looks blank ({len(colours)} colours)"
