@@ -10,7 +10,9 @@ defects, never the paper's quality.
     python bench/bench_real_ad.py --variants ate ate_aie --out runs/bench/real_ad_ablation.json
 
 The frozen backbone's test tokens are computed once per category and reused for both
-models (the backbone is the same before and after training).
+models (the backbone is the same before and after training). The JSON is rewritten
+(atomically) after every (category, variant) record, and a rerun with the same --out and
+settings skips the records already there, so an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -77,8 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     backbone.to(device)
-    rows, results = [], []
+    settings = {"k": args.k, "seed": args.seed, "iterations": args.iterations, "weights": args.weights}
+    results = []
+    if args.out.exists():
+        import json
+        previous = json.loads(args.out.read_text())
+        if previous.get("settings") == settings:
+            results = previous["results"]
+    done = {(r["category"], r["variant"]) for r in results}
+
+    def save() -> None:
+        payload = {"config": cfg.to_dict(), "settings": settings, "vtfusion_version": __version__,
+                   "device": str(device), "platform": platform.platform(), "torch": torch.__version__,
+                   "threads": args.threads, "argv": sys.argv,
+                   "wall_seconds": time.perf_counter() - start, "results": results}
+        atomic_write_json(args.out, payload)
+
     for category in args.categories:
+        if all((category, v) in done for v in args.variants):
+            print(f"{category}: all variants already in {args.out}, skipped", flush=True)
+            continue
         test = load_dataset("real_ad", category, "test", image_size=cfg.data.image_size)
         shots = load_dataset("real_ad", category, "train").load_shots(args.k, args.seed)
         t0 = time.perf_counter()
@@ -88,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = torch.tensor(test.labels)
 
         for variant in args.variants:
+            if (category, variant) in done:
+                continue
             vcfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=variant))
             model = build_model(vcfg, dataset="real_ad", category=category, backbone=backbone, device=device)
             model.build_prototypes(backbone(shots.to(device)))
@@ -101,18 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                       "loss_first10": sum(x["total"] for x in h[:10]) / min(10, len(h)),
                       "loss_last10": sum(x["total"] for x in h[-10:]) / min(10, len(h))}
             results.append(record)
-            for name, m in (("untrained", untrained), ("trained", trained)):
-                rows.append((category, variant, name, m["image_auroc"], m["pixel_auroc"], m["aupro"]))
+            save()
             print(f"{category}/{variant}: tokens of {len(test)} test images {t_tokens:.0f}s, training "
                   f"{result.seconds:.0f}s, loss {record['loss_first10']:.4f} -> {record['loss_last10']:.4f}",
                   flush=True)
+    rows = [(r["category"], r["variant"], name, r[name]["image_auroc"], r[name]["pixel_auroc"], r[name]["aupro"])
+            for r in results if r["variant"] in args.variants and r["category"] in args.categories
+            for name in ("untrained", "trained")]
     print(f"\nreal_ad, k={args.k}, seed {args.seed}, {args.iterations} iterations, variants {' '.join(args.variants)}, "
           f"backbone {cfg.backbone.arch} weights={cfg.backbone.weights}, device {device}")
     print(format_table(rows, ("category", "variant", "model", "image AUROC", "pixel AUROC", "AUPRO")))
-    payload = {"config": cfg.to_dict(), "vtfusion_version": __version__, "device": str(device),
-               "platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-               "argv": sys.argv, "wall_seconds": time.perf_counter() - start, "results": results}
-    atomic_write_json(args.out, payload)
+    save()
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,117 @@
+"""Shared pieces of the speed benchmarks: device choice, peak memory, the paper config, JSON.
+
+Peak host memory is the process's resident-set high-water mark (``VmHWM``), reset before
+each measured phase through ``/proc/self/clear_refs`` (Linux); elsewhere the process
+lifetime peak (``ru_maxrss``) is reported and marked so. DataLoader worker processes are
+separate processes and are not included. Peak GPU memory is
+``torch.cuda.max_memory_allocated`` (tensors; the allocator may reserve more).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from vtfusion import __version__
+from vtfusion.config import ExperimentConfig, get_profile
+from vtfusion.io import atomic_write_json
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA device is available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def paper_random_config(device: torch.device, iterations: int | None = None, k: int = 2,
+                        seed: int = 0) -> ExperimentConfig:
+    """The paper profile with the random ViT-B-16-plus-240 (same compute as the real weights)."""
+    base = get_profile("paper")
+    return base.replace(
+        data=dataclasses.replace(base.data, shots=k, seeds=(seed,)),
+        backbone=dataclasses.replace(base.backbone, weights="random"),
+        train=dataclasses.replace(base.train, device=device.type, seed=seed,
+                                  iterations=base.train.iterations if iterations is None else iterations))
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Peak host RSS and GPU memory of ``with`` blocks: ``with peaks.measure("name"): ...``."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.results: dict[str, dict[str, float | None | str]] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        resettable = _reset_hwm()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        yield
+        host = _vm_hwm_mb() if resettable else None
+        how = "VmHWM of this phase"
+        if host is None:
+            host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            how = "ru_maxrss (process lifetime)"
+        gpu = None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            gpu = torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.results[name] = {"host_peak_mb": host, "host_how": how, "gpu_peak_mb": gpu}
+
+    def rows(self) -> list[tuple]:
+        return [(name, f"{r['host_peak_mb']:.0f}", "-" if r["gpu_peak_mb"] is None else f"{r['gpu_peak_mb']:.0f}")
+                for name, r in self.results.items()]
+
+
+def environment(device: torch.device, threads: int) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "threads": threads, "argv": sys.argv,
+            "vtfusion_version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def setup_threads(threads: int | None) -> int:
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write(path: Path, payload: dict) -> None:
+    atomic_write_json(path, payload)
+    print(f"wrote {path}")
