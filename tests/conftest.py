@@ -29,3 +29,12 @@ def toy_root() -> Path:
     from vtfusion.data.toy import ensure_toy_dataset
 
     return ensure_toy_dataset()
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """The quick profile's tiny random backbone, one per test module (it is frozen)."""
+    from vtfusion.backbone import build_backbone
+    from vtfusion.config import get_profile
+
+    return build_backbone(get_profile("quick").backbone)

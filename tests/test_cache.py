@@ -22,21 +22,13 @@ from vtfusion.evaluate import evaluate_model, predict_split
 from vtfusion.metrics import evaluate_maps
 from vtfusion.train import build_model, config_hash
 
+from helpers import quick_config
+
 # float16 keeps 11 significant bits: each token moves by <= 4.9e-4 of its magnitude. The
 # maps go through LayerNorm, projections, normalisation and a sigmoid; measured on the toy
 # split their largest change is ~1e-5, so 1e-3 leaves a wide margin while still catching
 # a wrong token (a swapped or stale image changes maps by 1e-2 or more).
 ATOL_FP16 = 1e-3
-
-
-def quick_cfg(iterations: int = 2):
-    cfg = get_profile("quick")
-    return cfg.replace(train=dataclasses.replace(cfg.train, iterations=iterations, device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    return build_backbone(get_profile("quick").backbone)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def test_split(toy_root):
 
 @pytest.fixture(scope="module")
 def model(toy_root, backbone):
-    m = build_model(quick_cfg(), dataset="toy", category="chip", backbone=backbone, device="cpu")
+    m = build_model(quick_config(2), dataset="toy", category="chip", backbone=backbone, device="cpu")
     m.build_prototypes(backbone(load_dataset("toy", "chip", "train").load_shots(2, 0)))
     return m
 
@@ -125,7 +117,7 @@ def test_second_evaluation_does_not_run_the_backbone(model, test_split, tmp_path
 def test_rerun_of_a_cell_needs_no_backbone_and_keeps_the_config_hash(toy_root, backbone, tmp_path, count_calls):
     from vtfusion.evaluate import run_cell
 
-    cfg = quick_cfg()
+    cfg = quick_config(2)
     kw = dict(runs_root=tmp_path / "runs", backbone=backbone)
     first = run_cell(cfg, "toy", "chip", 1, 0, results_root=tmp_path / "res1", cache=cache_at(tmp_path / "c"), **kw)
     assert count_calls["images"] > 0 and count_calls["prompts"] > 0

@@ -10,21 +10,11 @@ import pytest
 from vtfusion.config import get_profile
 from vtfusion.evaluate import RESULT_FORMAT, read_result, result_path, run_cell
 
-
-def tiny_cfg(iterations: int = 2):
-    cfg = get_profile("quick")
-    return cfg.replace(train=dataclasses.replace(cfg.train, iterations=iterations, device="cpu"))
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    from vtfusion.backbone import build_backbone
-
-    return build_backbone(get_profile("quick").backbone)
+from helpers import quick_config
 
 
 def test_cell_result_carries_metrics_and_provenance(toy_root, backbone, tmp_path):
-    cfg = tiny_cfg()
+    cfg = quick_config(2)
     result = run_cell(cfg, "toy", "chip", 1, 0, results_root=tmp_path / "res", runs_root=tmp_path / "runs",
                       backbone=backbone)
     assert not result["skipped"]
@@ -43,7 +33,7 @@ def test_cell_result_carries_metrics_and_provenance(toy_root, backbone, tmp_path
 
 
 def test_finished_cell_is_skipped_and_changed_config_is_not(toy_root, backbone, tmp_path, monkeypatch):
-    cfg = tiny_cfg()
+    cfg = quick_config(2)
     kwargs = dict(results_root=tmp_path / "res", runs_root=tmp_path / "runs", backbone=backbone)
     first = run_cell(cfg, "toy", "chip", 1, 0, **kwargs)
     import vtfusion.train as train
@@ -55,7 +45,7 @@ def test_finished_cell_is_skipped_and_changed_config_is_not(toy_root, backbone, 
     again = run_cell(cfg, "toy", "chip", 1, 0, **kwargs)
     assert again["skipped"] and again["metrics"] == first["metrics"]
     with pytest.raises(AssertionError, match="recomputed"):
-        run_cell(tiny_cfg(iterations=3), "toy", "chip", 1, 0, **kwargs)
+        run_cell(quick_config(3), "toy", "chip", 1, 0, **kwargs)
 
 
 def test_unreadable_result_is_redone(tmp_path):
@@ -68,7 +58,7 @@ def test_reproduce_resumes_after_an_interruption(toy_root, tmp_path, monkeypatch
     """A run killed after its first cell redoes only the unfinished cells."""
     from vtfusion.reproduce import format_rows, reproduce
 
-    cfg = tiny_cfg()
+    cfg = quick_config(2)
     kwargs = dict(shots=(1,), seeds=(0,), categories=("chip", "weave"), results_root=tmp_path / "res",
                   runs_root=tmp_path / "runs", progress=False)
     import vtfusion.train as train

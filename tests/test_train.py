@@ -12,11 +12,7 @@ from vtfusion.config import get_profile
 from vtfusion.model.network import ModelConfig
 from vtfusion.train import build_model, train_or_load, train_vtfusion
 
-
-def quick(iterations: int = 3, **model_changes):
-    cfg = get_profile("quick")
-    return cfg.replace(train=dataclasses.replace(cfg.train, iterations=iterations, device="cpu"),
-                       model=dataclasses.replace(cfg.model, **model_changes))
+from helpers import quick_config
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +22,9 @@ def shots(toy_root):
     return load_dataset("toy", "washer", "train").load_shots(2, 0)
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    from vtfusion.backbone import build_backbone
-
-    return build_backbone(get_profile("quick").backbone)
-
-
 @pytest.mark.parametrize("variant", ["full", "ate_aie", "ate"])
 def test_maps_shapes_and_ranges(shots, backbone, variant):
-    cfg = quick(variant=variant)
+    cfg = quick_config(3, variant=variant)
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     model.build_prototypes(backbone(shots))
     out = model.predict(shots)
@@ -51,7 +40,7 @@ def test_maps_shapes_and_ranges(shots, backbone, variant):
 
 
 def test_gradients_reach_heads_never_backbone_or_prototypes(shots, backbone):
-    cfg = quick(iterations=1)
+    cfg = quick_config(1)
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     before_backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     train_vtfusion(model, shots, cfg, "toy", "washer", progress=False)
@@ -67,7 +56,7 @@ def test_gradients_reach_heads_never_backbone_or_prototypes(shots, backbone):
 
 
 def test_prototypes_frozen_during_training(shots, backbone, monkeypatch):
-    cfg = quick(iterations=3)
+    cfg = quick_config(3)
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     snapshots = []
     original = model.maps_from_features
@@ -82,7 +71,7 @@ def test_prototypes_frozen_during_training(shots, backbone, monkeypatch):
 
 
 def test_ate_variant_trains_only_the_text_adapter(shots, backbone):
-    cfg = quick(iterations=2, variant="ate")
+    cfg = quick_config(2, variant="ate")
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     aie_before = {k: v.clone() for k, v in model.aie.state_dict().items()}
     result = train_vtfusion(model, shots, cfg, "toy", "washer", progress=False)
@@ -91,7 +80,7 @@ def test_ate_variant_trains_only_the_text_adapter(shots, backbone):
 
 
 def test_training_is_deterministic_on_cpu(shots, backbone):
-    cfg = quick(iterations=3)
+    cfg = quick_config(3)
     runs = []
     for _ in range(2):
         model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
@@ -104,7 +93,7 @@ def test_training_is_deterministic_on_cpu(shots, backbone):
 
 
 def test_checkpoint_round_trip_gives_identical_maps(shots, backbone, tmp_path):
-    cfg = quick(iterations=2)
+    cfg = quick_config(2)
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     train_vtfusion(model, shots, cfg, "toy", "washer", progress=False)
     path = save_checkpoint(model, cfg, tmp_path / "m.pt", {"note": "test"})
@@ -126,7 +115,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_train_or_load_reuses_a_finished_run(toy_root, backbone, tmp_path):
-    cfg = quick(iterations=2)
+    cfg = quick_config(2)
     model, info = train_or_load(cfg, "toy", "washer", 2, 0, root=tmp_path, backbone=backbone, progress=False)
     assert not info["loaded"] and len(info["history"]) == 2 and len(info["shots"]) == 2
     again, info2 = train_or_load(cfg, "toy", "washer", 2, 0, root=tmp_path, backbone=backbone, progress=False)
