@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,7 +43,6 @@ from vtfusion.cache import FeatureCache, PerfSettings  # noqa: E402
 from vtfusion.data import load_dataset  # noqa: E402
 from vtfusion.evaluate import predict_split  # noqa: E402
 from vtfusion.metrics import evaluate_maps  # noqa: E402
-from vtfusion.paths import PROJECT_ROOT  # noqa: E402
 from vtfusion.train import build_model  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -52,16 +50,10 @@ STAGES = ("images", "backbone", "heads", "metrics")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p = benchutil.argument_parser(__doc__, "inference")
     p.add_argument("--category", default="bottle", choices=mvtec_sized.CATEGORIES)
     p.add_argument("--max-test", type=int, default=None, help="test images (default: the category's real count)")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default min(4, cpus))")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (all passes)")
-    p.add_argument("--data-root", type=Path, default=None, help="generated data (default runs/bench/mvtec_sized)")
-    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "runs" / "bench" / "inference.json")
     return p.parse_args(argv)
 
 

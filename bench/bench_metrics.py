@@ -38,13 +38,10 @@ import torch.nn.functional as F
 from vtfusion import __version__
 from vtfusion.metrics import METRIC_KEYS, evaluate_maps
 
-# MVTec AD test split: category -> (good, defective) images (Bergmann et al., CVPR 2019).
-MVTEC_TEST_SPLIT = {
-    "bottle": (20, 63), "cable": (58, 92), "capsule": (23, 109), "carpet": (28, 89),
-    "grid": (21, 57), "hazelnut": (40, 70), "leather": (32, 92), "metal_nut": (22, 93),
-    "pill": (26, 141), "screw": (41, 119), "tile": (33, 84), "toothbrush": (12, 30),
-    "transistor": (60, 40), "wood": (19, 60), "zipper": (32, 119),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# MVTec AD test split: category -> (good, defective) images, kept once beside the generator.
+from mvtec_sized import MVTEC_TEST_SPLIT  # noqa: E402
+
 SCENARIOS = {
     "bottle": ["bottle"],
     "pill": ["pill"],

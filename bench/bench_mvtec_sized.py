@@ -41,26 +41,19 @@ from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache, PerfSettings  # noqa: E402
 from vtfusion.config import get_profile  # noqa: E402
 from vtfusion.evaluate import run_cell  # noqa: E402
-from vtfusion.paths import PROJECT_ROOT  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
 PAPER_ITERATIONS = get_profile("paper").train.iterations
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p = benchutil.argument_parser(__doc__, "mvtec_sized")
     p.add_argument("--categories", nargs="+", default=list(mvtec_sized.CATEGORIES), choices=mvtec_sized.CATEGORIES)
     p.add_argument("--iterations", type=int, default=PAPER_ITERATIONS, help="training iterations per category")
     p.add_argument("--max-test", type=int, default=None, help="test images per category (default: real count)")
     p.add_argument("--k", type=int, default=2, choices=(1, 2, 4, 8))
     p.add_argument("--seed", type=int, default=0, choices=(0, 1, 2))
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default min(4, cpus))")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     p.add_argument("--rerun", action="store_true", help="then evaluate every category again (warm caches)")
-    p.add_argument("--data-root", type=Path, default=None, help="generated data (default runs/bench/mvtec_sized)")
-    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "runs" / "bench" / "mvtec_sized.json")
     return p.parse_args(argv)
 
 

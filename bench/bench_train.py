@@ -40,24 +40,18 @@ from vtfusion.cache import FeatureCache, PerfSettings  # noqa: E402
 from vtfusion.das import AnomalyTypeSelector, synthesize_batch  # noqa: E402
 from vtfusion.data import load_dataset  # noqa: E402
 from vtfusion.foreground import category_foreground  # noqa: E402
-from vtfusion.paths import PROJECT_ROOT  # noqa: E402
 from vtfusion.train import build_model, train_vtfusion  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p = benchutil.argument_parser(__doc__, "train", workers=False)
     p.add_argument("--category", default="bottle", choices=mvtec_sized.CATEGORIES)
     p.add_argument("--k", type=int, default=2, choices=(1, 2, 4, 8))
     p.add_argument("--warmup", type=int, default=1, help="iterations before timing")
     p.add_argument("--measure", type=int, default=5, help="timed iterations (extrapolated to --iterations)")
     p.add_argument("--iterations", type=int, default=None, help="full schedule (default: paper profile, 1000)")
     p.add_argument("--full", action="store_true", help="run the full schedule instead of extrapolating")
-    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    p.add_argument("--data-root", type=Path, default=None, help="generated data (default runs/bench/mvtec_sized)")
-    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "runs" / "bench" / "train.json")
     return p.parse_args(argv)
 
 

@@ -9,6 +9,7 @@ separate processes and are not included. Peak GPU memory is
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import platform
 import resource
@@ -99,6 +100,22 @@ def environment(device: torch.device, threads: int) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def argument_parser(doc: str, out_name: str, workers: bool = True) -> argparse.ArgumentParser:
+    """The options every speed benchmark shares (device, threads, compile, generated data,
+    output JSON ``runs/bench/<out_name>.json``; decode ``--workers`` when it decodes)."""
+    from vtfusion.paths import PROJECT_ROOT
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    if workers:
+        p.add_argument("--workers", type=int, default=None, help="decode processes (default min(4, cpus))")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    p.add_argument("--data-root", type=Path, default=None, help="generated data (default runs/bench/mvtec_sized)")
+    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "runs" / "bench" / f"{out_name}.json")
+    return p
 
 
 def setup_threads(threads: int | None) -> int:
