@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import sys
 import time
@@ -28,20 +29,13 @@ import torch
 
 from vtfusion import __version__
 from vtfusion.backbone import build_backbone
+from vtfusion.cache import compute_tokens, decode_split
 from vtfusion.config import get_profile
 from vtfusion.data import load_dataset
 from vtfusion.io import atomic_write_json
 from vtfusion.metrics import evaluate_maps
 from vtfusion.train import build_model, train_vtfusion
 from vtfusion.viz import format_table
-
-
-def tokens_of(backbone, dataset, batch_size: int) -> torch.Tensor:
-    out = []
-    for i in range(0, len(dataset), batch_size):
-        images = torch.stack([dataset[j]["image"] for j in range(i, min(i + batch_size, len(dataset)))])
-        out.append(backbone(images.to(backbone.mean.device)).cpu())
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -82,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"k": args.k, "seed": args.seed, "iterations": args.iterations, "weights": args.weights}
     results = []
     if args.out.exists():
-        import json
         previous = json.loads(args.out.read_text())
         if previous.get("settings") == settings:
             results = previous["results"]
@@ -102,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         test = load_dataset("real_ad", category, "test", image_size=cfg.data.image_size)
         shots = load_dataset("real_ad", category, "train").load_shots(args.k, args.seed)
         t0 = time.perf_counter()
-        tokens = tokens_of(backbone, test, args.batch)
+        decoded = decode_split(test)
+        tokens = compute_tokens(backbone, decoded, args.batch)
         t_tokens = time.perf_counter() - t0
-        masks = torch.stack([test[i]["mask"] for i in range(len(test))])[:, 0]
+        masks = decoded.masks.float()
         labels = torch.tensor(test.labels)
 
         for variant in args.variants:

@@ -163,12 +163,11 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     """
     from vtfusion.checkpoint import load_checkpoint, save_checkpoint
     from vtfusion.data import load_dataset
+    from vtfusion.data.datasets import storage_name
     from vtfusion.data.shots import shot_list_for
     from vtfusion.io import atomic_write_json
 
     cfg = cfg.replace(train=_with_seed(cfg, seed))
-    from vtfusion.data.datasets import storage_name
-
     path = run_dir(cfg, storage_name(dataset, data_root), category, k, seed, root) / "model.pt"
     if path.is_file():
         model, _, extra = load_checkpoint(path, backbone=backbone, device=resolve_device(cfg.train.device))
