@@ -131,7 +131,7 @@ def test_defective_image_without_mask_is_an_error(tmp_path):
 
 def test_unknown_split_and_dataset():
     with pytest.raises(ValueError, match="unknown split"):
-        load_dataset("toy", "weave", "val")
+        load_dataset("toy", "weave", "validation")
     with pytest.raises(ValueError, match="unknown dataset 'mvtech'"):
         load_dataset("mvtech", "bottle")
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from vtfusion.data.categories import TOY_CATEGORIES, category_info
+from vtfusion.data.datasets import MVTecDataset
 from vtfusion.data.toy import (
     MANIFEST_NAME,
     ToyConfig,
@@ -24,7 +25,7 @@ from vtfusion.data.toy import (
     toy_defect_types,
 )
 
-SMALL = ToyConfig(n_train=2, n_test_good=2, n_test_per_defect=1)
+SMALL = ToyConfig(n_train=2, n_test_good=2, n_test_per_defect=1, n_val_good=1, n_val_per_defect=1)
 ALL_DEFECTS = [(c, d) for c in TOY_CATEGORIES for d in toy_defect_types(c)]
 
 
@@ -110,6 +111,21 @@ def test_render_defect_changes_exactly_the_masked_pixels(category, defect):
 # --------------------------------------------------------------------------- files
 
 
+def test_validation_split_is_disjoint_from_test(small_root):
+    """val/ holds its own images and masks, drawn from other seeds than test/ (never the same pixels)."""
+    for cat in TOY_CATEGORIES:
+        c = small_root / cat
+        assert sorted(p.name for p in (c / "val").iterdir()) == sorted(["good", *toy_defect_types(cat)])
+        assert sorted(p.name for p in (c / "val_ground_truth").iterdir()) == sorted(toy_defect_types(cat))
+        test_images = {p.read_bytes() for p in c.glob("test/*/*.png")} | {p.read_bytes() for p in c.glob("train/*/*.png")}
+        val_images = [p.read_bytes() for p in c.glob("val/*/*.png")]
+        assert val_images and not any(v in test_images for v in val_images)
+    val = MVTecDataset(small_root, "chip", "val", image_size=240, dataset_name="toy")
+    assert len(val) == 1 + len(toy_defect_types("chip")) and sum(val.labels) == len(toy_defect_types("chip"))
+    defective = [val[i] for i in range(len(val)) if val[i]["label"] == 1]
+    assert all(s["mask"].sum() > 0 and "/val/" in s["path"] for s in defective)
+
+
 def test_layout_is_mvtec(small_root):
     manifest = json.loads((small_root / MANIFEST_NAME).read_text())
     assert manifest["config"]["seed"] == 0 and manifest["generator_version"]
@@ -162,7 +178,7 @@ def test_same_seed_same_bytes_other_seed_other_images(small_root, tmp_path):
 
 
 def test_output_does_not_depend_on_generation_order(small_root, tmp_path):
-    only_chip = generate_toy_dataset(tmp_path / "chip_only", ToyConfig(n_train=2, n_test_good=2, n_test_per_defect=1,
+    only_chip = generate_toy_dataset(tmp_path / "chip_only", ToyConfig(n_train=2, n_test_good=2, n_test_per_defect=1, n_val_good=1, n_val_per_defect=1,
                                                                        categories=("chip",)))
     chip = {k: v for k, v in _files(small_root).items() if k.startswith("chip/")}
     assert {k: v for k, v in _files(only_chip).items() if k.startswith("chip/")} == chip
@@ -173,7 +189,7 @@ def test_output_does_not_depend_on_generation_order(small_root, tmp_path):
 
 def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path):
     root = tmp_path / "toy"
-    cfg = ToyConfig(n_train=1, n_test_good=1, n_test_per_defect=1, categories=("washer", "granite"))
+    cfg = ToyConfig(n_train=1, n_test_good=1, n_test_per_defect=1, n_val_good=1, n_val_per_defect=1, categories=("washer", "granite"))
     assert ensure_toy_dataset(root, cfg) == root
     manifest = root / MANIFEST_NAME
     stamp = manifest.stat().st_mtime_ns
@@ -183,7 +199,7 @@ def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path):
     ensure_toy_dataset(root, cfg)
     assert manifest.stat().st_mtime_ns == stamp, "a matching copy must not be regenerated"
 
-    reseeded = ToyConfig(seed=5, n_train=1, n_test_good=1, n_test_per_defect=1, categories=("washer", "granite"))
+    reseeded = ToyConfig(seed=5, n_train=1, n_test_good=1, n_test_per_defect=1, n_val_good=1, n_val_per_defect=1, categories=("washer", "granite"))
     ensure_toy_dataset(root, reseeded)
     assert json.loads(manifest.read_text())["config"]["seed"] == 5
     assert image.read_bytes() != first
@@ -196,7 +212,8 @@ def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path):
 
 def test_concurrent_callers_do_not_corrupt_the_dataset(tmp_path):
     root = tmp_path / "toy"
-    cfg = ToyConfig(n_train=1, n_test_good=1, n_test_per_defect=1, categories=("weave",))
+    cfg = ToyConfig(n_train=1, n_test_good=1, n_test_per_defect=1, n_val_good=1, n_val_per_defect=1,
+                    categories=("weave",))
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -211,7 +228,7 @@ def test_concurrent_callers_do_not_corrupt_the_dataset(tmp_path):
     for t in threads:
         t.join()
     assert not errors
-    assert len(list(root.rglob("*.png"))) == 1 + 1 + 2 * len(toy_defect_types("weave"))
+    assert len(list(root.rglob("*.png"))) == 1 + 2 * (1 + 2 * len(toy_defect_types("weave")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]
 
 
@@ -236,7 +253,7 @@ def test_cli_generates_the_default_dataset_quickly(tmp_path, capsys):
     with capsys.disabled():
         print(f"\ntoy dataset (default config) generated in {took:.1f} s")
     assert took < 60
-    assert "generated 4 categories (192 images" in out and str(root) in out
-    assert len(list(root.rglob("*.png"))) == 192 + 4 * 4 * 4  # images + masks
+    assert len(list(root.rglob("*.png"))) == 352 + 4 * 4 * 4 + 4 * 4 * 5  # images, test masks, val masks
+    assert len(list(root.rglob("*.png"))) == 352 + 2 * 4 * 4 * 4 + 4 * 4 * 5 - 4 * 4 * 4  # images + masks
     assert main(["--root", str(root), "--ensure"]) == 0
     assert "up to date" in capsys.readouterr().out

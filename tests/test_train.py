@@ -61,9 +61,9 @@ def test_prototypes_frozen_during_training(shots, backbone, monkeypatch):
     snapshots = []
     original = model.maps_from_features
 
-    def spy(features, out_size):
+    def spy(features, out_size, exclude=None):
         snapshots.append(model.bank.prototypes.clone())
-        return original(features, out_size)
+        return original(features, out_size, exclude)
 
     monkeypatch.setattr(model, "maps_from_features", spy)
     train_vtfusion(model, shots, cfg, "toy", "washer", progress=False)

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vtfusion import paths
+from vtfusion.augment import AugmentConfig
 from vtfusion.das import DASConfig
+from vtfusion.metrics import EvalConfig
 from vtfusion.model.network import ModelConfig
 
 PROFILES = ("quick", "paper")
@@ -65,7 +67,9 @@ class BackboneConfig:
         layers: 1-indexed transformer blocks whose output patch tokens are used
             **[choice]**: (3, 6, 9, 12) is the 12-block analogue of April-GAN's
             (6, 12, 18, 24) for ViT-L.
-        precision: ``fp32`` or ``bf16`` (autocast, CUDA only).
+        precision: ``fp32`` (default, also in the paper profile: the paper states no
+            reduced precision) or ``bf16`` (autocast, CUDA only): a speed switch whose map
+            difference ``bench/bench_precision.py`` measures.
     """
 
     arch: str = "ViT-B-16-plus-240"
@@ -84,6 +88,25 @@ class TrainConfig:
         lr_aie: Adam learning rate of the adaptive image encoder (paper: 1e-3).
         lr_ate: Adam learning rate of the adaptive text encoder (paper: 1e-4).
         lr_mpf: Adam learning rate of the fusion module (paper: 1e-4).
+        adaptor_lr_scale: **[choice]** the AIE's feature adaptor learns at
+            ``adaptor_lr_scale * lr_aie`` (1.0: the paper's single AIE rate). With Adam
+            the first steps move every weight by about the learning rate, which for a
+            zero-initialised 3x3 adaptor is a large change of CLIP's features.
+        warmup_iterations: **[choice]** linear learning-rate warm-up over this many
+            iterations for every module (0: none, the paper).
+        leave_one_out: **[choice]** during training, compare each shot (and the synthetic
+            anomaly made from it) with prototypes built from the *other* shots, so that
+            the training normals' vision map looks like an unseen normal's instead of a
+            copy of its own prototype (needs k >= 2; ignored for k = 1). False: the paper.
+        augment: **[choice]** light augmentation of the shots each iteration
+            (:class:`vtfusion.augment.AugmentConfig`; ``none``: the paper).
+        diagnostics_every: every this many iterations (and in the first 10) the history
+            also records the gradient norm each loss sends into the AIE and the AIE's
+            relative feature change; 0 turns them off. Speed only: not part of a result.
+        monitor_every: how often a validation monitor, when one is given to
+            :func:`vtfusion.train.train_vtfusion`, scores the maps (0: only at the end).
+        deterministic: use deterministic algorithms (``torch.use_deterministic_algorithms``)
+            while training and evaluating; CUDA runs are otherwise not bit-reproducible.
         seed: torch/numpy seed of training (DAS draws, initialisation).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
@@ -92,8 +115,23 @@ class TrainConfig:
     lr_aie: float = 1e-3
     lr_ate: float = 1e-4
     lr_mpf: float = 1e-4
+    adaptor_lr_scale: float = 1.0
+    warmup_iterations: int = 0
+    leave_one_out: bool = False
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    diagnostics_every: int = 25
+    monitor_every: int = 50
+    deterministic: bool = False
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"TrainConfig.iterations must be >= 1, got {self.iterations}")
+        if min(self.lr_aie, self.lr_ate, self.lr_mpf) < 0 or self.adaptor_lr_scale < 0:
+            raise ValueError("TrainConfig learning rates and adaptor_lr_scale must be >= 0")
+        if self.warmup_iterations < 0 or self.diagnostics_every < 0 or self.monitor_every < 0:
+            raise ValueError("TrainConfig.warmup_iterations, diagnostics_every and monitor_every must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -106,6 +144,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     das: DASConfig = field(default_factory=DASConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable dictionary (tuples become lists)."""
@@ -148,7 +187,7 @@ def _paper() -> ExperimentConfig:
         profile="paper",
         data=DataConfig(dataset="mvtec", image_size=240, shots=2, seeds=(0, 1, 2)),
         backbone=BackboneConfig(arch="ViT-B-16-plus-240", weights="laion400m_e32",
-                                layers=(3, 6, 9, 12), precision="bf16"),
+                                layers=(3, 6, 9, 12), precision="fp32"),
         train=TrainConfig(iterations=1000),
     )
 

@@ -19,20 +19,25 @@ not part of the config hash; each result file records them under ``eval_cache``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from vtfusion import __version__, paths
 from vtfusion.cache import FeatureCache, settings_dict, supports
 from vtfusion.config import ExperimentConfig
 from vtfusion.io import atomic_write_json
-from vtfusion.metrics import evaluate_maps
+from vtfusion.metrics import evaluate_maps, gaussian_smooth
+
+if TYPE_CHECKING:
+    from vtfusion.patch_knn import PatchKNNConfig
 
 RESULT_FORMAT = "vtfusion-result-1"
 
@@ -66,10 +71,17 @@ def _stage(timings: dict[str, float] | None, name: str, device: torch.device) ->
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
+GRID_MAPS = ("vision", "text", "fused")
+"""The single-modal and fused grid maps a VTFusion model returns besides ``final``."""
+
+
 @torch.no_grad()
 def predict_split(model, split, batch_size: int = 32, cache: FeatureCache | None = None,
                   timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """Run ``model`` over a test split in batches; returns ``final`` maps, ``score``s, ``masks``, ``labels``.
+    """Run ``model`` over a split in batches; returns ``final`` maps, ``score``s, ``masks``, ``labels``.
+
+    Also the grid maps the model returns (``vision`` ``M^v``, ``text`` ``M^t``, ``fused``
+    ``M^vt``; ``N x h x w``), so that each can be scored on its own.
 
     Args:
         cache: where decoded images and backbone tokens come from (:mod:`vtfusion.cache`);
@@ -91,6 +103,7 @@ def predict_split(model, split, batch_size: int = 32, cache: FeatureCache | None
         model.text_features()
     size = tuple(data.images.shape[-2:])
     finals, scores = [], []
+    grids: dict[str, list[torch.Tensor]] = {}
     if cache.settings.tokens:
         with _stage(timings, "backbone", device):
             tokens = cache.tokens(model.backbone, split, data, batch_size)
@@ -107,8 +120,11 @@ def predict_split(model, split, batch_size: int = 32, cache: FeatureCache | None
             out = model.forward_tokens(batch_tokens, size)
             finals.append(out["final"][:, 0].float().cpu())
             scores.append(out["score"].float().cpu())
+            for name in GRID_MAPS:
+                if name in out and out[name].shape[1] == 1:
+                    grids.setdefault(name, []).append(out[name][:, 0].float().cpu())
     return {"final": torch.cat(finals), "score": torch.cat(scores), "masks": data.masks.float(),
-            "labels": torch.tensor(split.labels)}
+            "labels": torch.tensor(split.labels), **{n: torch.cat(v) for n, v in grids.items()}}
 
 
 def _predict_samples(model, split, batch_size: int) -> dict[str, torch.Tensor]:
@@ -124,21 +140,56 @@ def _predict_samples(model, split, batch_size: int) -> dict[str, torch.Tensor]:
             "labels": torch.tensor(split.labels)}
 
 
+def score_predictions(pred: dict[str, torch.Tensor], smoothing_sigma: float = 0.0,
+                      maps: tuple[str, ...] = ("final",)) -> dict[str, dict[str, float]]:
+    """Metrics of each named map of :func:`predict_split`'s output, ``{map: metrics}``.
+
+    Grid maps (``vision``, ``text``, ``fused``) are upsampled bilinearly to the masks'
+    size first. With ``smoothing_sigma > 0`` each pixel map is Gaussian-smoothed
+    (:func:`vtfusion.metrics.gaussian_smooth`) and its image scores are the maxima of the
+    smoothed map; without smoothing, ``final`` uses the model's own ``score``.
+    """
+    size = tuple(pred["masks"].shape[-2:])
+    out = {}
+    for name in maps:
+        if name not in pred:
+            continue
+        m = pred[name]
+        if tuple(m.shape[-2:]) != size:
+            m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        scores = pred["score"] if name == "final" and smoothing_sigma == 0 else None
+        m = gaussian_smooth(m, smoothing_sigma)
+        out[name] = evaluate_maps(m, pred["masks"], pred["labels"], image_scores=scores)
+    return out
+
+
 def evaluate_model(model, split, batch_size: int = 32, cache: FeatureCache | None = None,
-                   timings: dict[str, float] | None = None) -> dict[str, float]:
+                   timings: dict[str, float] | None = None, smoothing_sigma: float = 0.0,
+                   maps: tuple[str, ...] = ("final",)) -> dict[str, float] | dict[str, dict[str, float]]:
     """All metrics of :func:`vtfusion.metrics.evaluate_maps` for ``model`` on ``split``.
 
     ``cache`` and ``timings`` as in :func:`predict_split`; ``timings["metrics"]`` is added.
+    With the default ``maps=("final",)`` the metrics of ``M^f``; with several map names,
+    ``{map: metrics}`` for each (:func:`score_predictions`).
     """
     pred = predict_split(model, split, batch_size, cache=cache, timings=timings)
     with _stage(timings, "metrics", torch.device("cpu")):
-        return evaluate_maps(pred["final"], pred["masks"], pred["labels"], image_scores=pred["score"])
+        scored = score_predictions(pred, smoothing_sigma, maps)
+    return scored["final"] if maps == ("final",) else scored
 
 
 def result_path(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str,
-                root: str | Path | None = None) -> Path:
+                root: str | Path | None = None, split: str = "test", key: str | None = None) -> Path:
+    """``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<key>[_val].json``.
+
+    ``key`` defaults to the config's hash, so a cell run with other options never
+    overwrites this one; results on the validation split end in ``_val``.
+    """
+    from vtfusion.train import config_hash
+
     base = Path(root) if root is not None else paths.PROJECT_ROOT / "results"
-    return base / cfg.profile / dataset / method / category / f"k{k}_seed{seed}.json"
+    suffix = "" if split == "test" else f"_{split}"
+    return base / cfg.profile / dataset / method / category / f"k{k}_seed{seed}_{key or config_hash(cfg)}{suffix}.json"
 
 
 def read_result(path: str | Path) -> dict | None:
@@ -150,56 +201,84 @@ def read_result(path: str | Path) -> dict | None:
     return data if data.get("format") == RESULT_FORMAT else None
 
 
+def _write_result(path: Path, cfg: ExperimentConfig, key: str, split_data, metrics: dict, info: dict,
+                  **fields) -> dict:
+    result = {
+        "format": RESULT_FORMAT,
+        **fields,
+        "split": split_data.split,
+        "metrics": metrics["final"],
+        "map_metrics": {name: m for name, m in metrics.items() if name != "final"},
+        "resolution": cfg.data.image_size,
+        "n_test": len(split_data), "n_defective": int(sum(split_data.labels)),
+        "shots": info.get("shots"),
+        "profile": cfg.profile,
+        "backbone": {"arch": cfg.backbone.arch, "weights": cfg.backbone.weights},
+        "config": cfg.to_dict(),
+        "config_hash": key,
+        "vtfusion_version": __version__,
+        "git_commit": git_commit(),
+        **{k: v for k, v in info.items() if k not in ("shots",)},
+    }
+    atomic_write_json(path, result)
+    return {**result, "skipped": False}
+
+
 def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str = "vtfusion",
              results_root: str | Path | None = None, runs_root: str | Path | None = None,
              data_root: str | Path | None = None, backbone=None, progress: bool = False,
-             cache: FeatureCache | None = None) -> dict:
+             cache: FeatureCache | None = None, split: str = "test", monitor: bool = False) -> dict:
     """Train or load, evaluate and record one cell; a finished cell with the same config is reused.
 
     ``cache``: decoded-image and backbone-token caches (:mod:`vtfusion.cache`); ``None``
     means ``FeatureCache.from_env()``. Share one across cells (as ``reproduce`` does) so
     that cells of one category reuse its test tokens from memory.
 
-    Returns the result dictionary (``metrics``, ``config``, timing, provenance; ``skipped``
-    tells whether it was read from an earlier run).
+    ``split``: ``test``, or ``val`` where a dataset has a validation split (the toy data):
+    every choice of a default is made on ``val`` (:mod:`vtfusion.validation`).
+    ``monitor``: when training, score the validation maps during training
+    (:func:`vtfusion.validation.map_monitor`; needs a ``val`` split).
+
+    Returns the result dictionary (``metrics`` of ``M^f``, ``map_metrics`` of ``M^v``,
+    ``M^t`` and ``M^vt``, ``config``, timing, provenance; ``skipped`` tells whether it was
+    read from an earlier run).
     """
     from vtfusion.data import load_dataset
     from vtfusion.data.datasets import storage_name
-    from vtfusion.train import config_hash, train_or_load
+    from vtfusion.train import config_hash, deterministic_algorithms, train_or_load
 
     cell_cfg = cfg.replace(train=_train_with_seed(cfg, seed))
-    path = result_path(cell_cfg, storage_name(dataset, data_root), category, k, seed, method, results_root)
+    key = config_hash(cell_cfg)
+    path = result_path(cell_cfg, storage_name(dataset, data_root), category, k, seed, method, results_root,
+                       split, key)
     previous = read_result(path)
-    if previous is not None and previous.get("config_hash") == config_hash(cell_cfg):
+    if previous is not None and previous.get("config_hash") == key:
         return {**previous, "skipped": True}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
-    if cache.settings.compile and backbone is None:  # compile before training, so build it here
+    if backbone is None and (cache.settings.compile or monitor):  # shared by training and the monitor
         from vtfusion.backbone import build_backbone
 
         backbone = build_backbone(cell_cfg.backbone, seed=cell_cfg.train.seed)  # as build_model would
     if backbone is not None:
         cache.prepare_backbone(backbone)
+    watcher = None
+    if monitor:
+        from vtfusion.validation import map_monitor
+
+        watcher = map_monitor(load_dataset(dataset, category, "val", data_root, cell_cfg.data.image_size),
+                              backbone, cache, cell_cfg.eval.smoothing_sigma)
     model, info = train_or_load(cell_cfg, dataset, category, k, seed, root=runs_root, data_root=data_root,
-                                backbone=backbone, progress=progress, cache=cache)
-    test = load_dataset(dataset, category, "test", data_root, cell_cfg.data.image_size)
+                                backbone=backbone, progress=progress, cache=cache, monitor=watcher)
+    evaluated = load_dataset(dataset, category, split, data_root, cell_cfg.data.image_size)
     t_eval = time.perf_counter()
     stages: dict[str, float] = {}
-    metrics = evaluate_model(model, test, cache=cache, timings=stages)
-    result = {
-        "format": RESULT_FORMAT,
-        "dataset": dataset, "data_root": str(data_root) if data_root is not None else None,
-        "category": category, "k": k, "seed": seed, "method": method,
-        "metrics": metrics,
-        "resolution": cell_cfg.data.image_size,
-        "n_test": len(test), "n_defective": int(sum(test.labels)),
+    with deterministic_algorithms(cell_cfg.train.deterministic):
+        metrics = evaluate_model(model, evaluated, cache=cache, timings=stages,
+                                 smoothing_sigma=cell_cfg.eval.smoothing_sigma,
+                                 maps=("final", "vision", "text", "fused"))
+    timing = {
         "shots": info.get("shots"),
-        "profile": cell_cfg.profile,
-        "backbone": {"arch": cell_cfg.backbone.arch, "weights": cell_cfg.backbone.weights},
-        "config": cell_cfg.to_dict(),
-        "config_hash": config_hash(cell_cfg),
-        "vtfusion_version": __version__,
-        "git_commit": git_commit(),
         "train_seconds": None if info.get("loaded") else info.get("seconds"),
         "model_loaded_from_cache": bool(info.get("loaded")),
         "eval_seconds": time.perf_counter() - t_eval,
@@ -207,8 +286,61 @@ def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: i
         "eval_cache": settings_dict(cache),
         "wall_seconds": time.perf_counter() - start,
     }
-    atomic_write_json(path, result)
-    return {**result, "skipped": False}
+    return _write_result(path, cell_cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         data_root=str(data_root) if data_root is not None else None,
+                         category=category, k=k, seed=seed, method=method)
+
+
+def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
+                       knn: "PatchKNNConfig | None" = None, results_root: str | Path | None = None,
+                       data_root: str | Path | None = None, backbone=None, cache: FeatureCache | None = None,
+                       split: str = "test", method: str = "patch_knn") -> dict:
+    """The training-free patch-kNN reference (:mod:`vtfusion.patch_knn`) on one cell.
+
+    Same shot list, same frozen tokens (read from the same cache) and same metrics as
+    :func:`run_cell`; the result is keyed by the backbone, image size, smoothing and
+    the :class:`~vtfusion.patch_knn.PatchKNNConfig`, not by VTFusion's training options.
+    """
+    import dataclasses
+
+    from vtfusion.backbone import build_backbone
+    from vtfusion.data import load_dataset
+    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.shots import shot_list_for
+    from vtfusion.patch_knn import PatchKNN, PatchKNNConfig
+
+    knn = knn or PatchKNNConfig()
+    payload = {"backbone": cfg.backbone, "image_size": cfg.data.image_size, "eval": cfg.eval, "patch_knn": knn}
+    key = hashlib.sha256(json.dumps({n: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                                     for n, v in payload.items()}, sort_keys=True).encode()).hexdigest()[:12]
+    path = result_path(cfg, storage_name(dataset, data_root), category, k, seed, method, results_root, split, key)
+    previous = read_result(path)
+    if previous is not None and previous.get("config_hash") == key:
+        return {**previous, "skipped": True}
+    start = time.perf_counter()
+    cache = FeatureCache.from_env() if cache is None else cache
+    backbone = backbone if backbone is not None else build_backbone(cfg.backbone, seed=0)
+    cache.prepare_backbone(backbone)
+    train = load_dataset(dataset, category, "train", data_root, cfg.data.image_size)
+    shot_list = shot_list_for(train, k, seed)
+    device = next(backbone.parameters()).device
+    t_fit = time.perf_counter()
+    model = PatchKNN(knn).fit(backbone(train.load_shots(k, seed).to(device)))
+    fit_seconds = time.perf_counter() - t_fit
+    evaluated = load_dataset(dataset, category, split, data_root, cfg.data.image_size)
+    t_eval = time.perf_counter()
+    data = cache.images(evaluated)
+    tokens = cache.tokens(backbone, evaluated, data)
+    out = model.predict_tokens(tokens.to(device).float(), tuple(data.images.shape[-2:]))
+    pred = {"final": out["final"][:, 0].cpu(), "score": out["score"].cpu(), "masks": data.masks.float(),
+            "labels": torch.tensor(evaluated.labels)}
+    metrics = score_predictions(pred, cfg.eval.smoothing_sigma)
+    timing = {"shots": list(shot_list.files), "train_seconds": fit_seconds, "model_loaded_from_cache": False,
+              "eval_seconds": time.perf_counter() - t_eval, "eval_cache": settings_dict(cache),
+              "wall_seconds": time.perf_counter() - start, "patch_knn": dataclasses.asdict(knn)}
+    return _write_result(path, cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         data_root=str(data_root) if data_root is not None else None,
+                         category=category, k=k, seed=seed, method=method)
 
 
 def _train_with_seed(cfg: ExperimentConfig, seed: int):

@@ -3,35 +3,53 @@
 Algorithm 1, as implemented by :func:`train_vtfusion`:
 
 1. initialise AIE, ATE and MPF (AIE from CLIP's projection, adapters at identity);
-2. compute the backbone tokens of the k normal shots **once** (they never change) and
-   build the frozen prototype bank from them (Eq. 1);
-3. every iteration: DAS turns each shot into a synthetic abnormal image (a type drawn
-   per image), the frozen backbone encodes them without gradient, and the heads are
-   trained on ``L = L_NFC + L_AFS + lambda * L_SEG`` (Eq. 10, whose first term the paper
-   misprints as ``L_AFS``) with Adam and the paper's per-module learning rates;
+2. compute the backbone tokens of the k normal shots **once** (they never change unless
+   the shots are augmented) and build the frozen prototype bank from them (Eq. 1);
+3. every iteration (:func:`training_step`): DAS turns each shot into a synthetic
+   abnormal image (a type drawn per image), the frozen backbone encodes them without
+   gradient, and the heads are trained on ``L = L_NFC + L_AFS + lambda * L_SEG`` (Eq. 10,
+   whose first term the paper misprints as ``L_AFS``) with Adam and the paper's
+   per-module learning rates;
 4. after the fixed number of iterations the last iterate is kept. No checkpoint or
    hyper-parameter is ever chosen on a test split.
 
-The normal batch is the k shots themselves, without augmentation **[choice]**: the paper
-names none.
+The options that the training-recipe study added (all **[choice]**, paper reading by
+default; :class:`~vtfusion.config.TrainConfig`): leave-one-out prototypes for the training
+normals, light augmentation of the shots, a learning-rate warm-up and a separate
+learning-rate scale for the AIE's feature adaptor, deterministic algorithms.
+
+Every iteration's record in the history holds each loss, the fraction of active hinge
+cells of Eqs. 3-4 and the AFS margin; every ``diagnostics_every`` iterations (and in the
+first ten) also the gradient norm that each loss sends into the AIE (``grad_aie_<loss>``)
+and the AIE's relative feature change caused by the step (``aie_change``). A validation
+monitor, if given, scores ``M^v``, ``M^t`` and ``M^f`` every ``monitor_every`` iterations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
 from vtfusion import __version__
+from vtfusion.augment import augment_shots
 from vtfusion.config import ExperimentConfig
 from vtfusion.das import AnomalyTypeSelector, synthesize_batch
+from vtfusion.data.categories import category_info
 from vtfusion.foreground import category_foreground
 from vtfusion.model.mpf import segmentation_loss
 from vtfusion.model.network import VTFusion
+
+LOSSES = ("nfc", "afs", "seg")
+Monitor = Callable[[VTFusion], dict]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -41,6 +59,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("TrainConfig.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Within the block, use only deterministic algorithms (CUDA included), then restore.
+
+    Sets ``torch.use_deterministic_algorithms(True)``, disables cuDNN benchmarking and sets
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (needed by deterministic cuBLAS). A no-op when
+    ``enabled`` is False.
+    """
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+        if previous[2] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def build_model(cfg: ExperimentConfig, object_name: str | None = None, dataset: str | None = None,
@@ -64,65 +107,172 @@ def build_model(cfg: ExperimentConfig, object_name: str | None = None, dataset: 
     return model.to(resolve_device(device) if isinstance(device, str) else device)
 
 
+def make_optimiser(model: VTFusion, cfg: ExperimentConfig) -> tuple[torch.optim.Optimizer,
+                                                                   torch.optim.lr_scheduler.LRScheduler]:
+    """Adam with the paper's per-module learning rates, and the (optional) linear warm-up."""
+    t = cfg.train
+    optimiser = torch.optim.Adam(model.parameter_groups(t.lr_aie, t.lr_ate, t.lr_mpf, t.adaptor_lr_scale))
+    warmup = t.warmup_iterations
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0)
+    return optimiser, schedule
+
+
+def _grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
+    if not params or not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None) + 0.0))
+
+
+def training_step(model: VTFusion, optimiser: torch.optim.Optimizer, normal_tokens: torch.Tensor,
+                  abnormal_tokens: torch.Tensor, abnormal_masks: torch.Tensor, seg_weight: float = 1.0,
+                  exclude: torch.Tensor | None = None, diagnose: bool = False) -> dict[str, float]:
+    """One update of Algorithm 1 (lines 5-13): Eqs. 2-10 on a batch, backward, Adam step.
+
+    Args:
+        model: a :class:`VTFusion` in train mode with its prototype bank built.
+        optimiser: from :func:`make_optimiser`.
+        normal_tokens, abnormal_tokens: ``B x L x h x w x D`` frozen-backbone tokens of the
+            normal images and of the synthetic anomalies made from them.
+        abnormal_masks: ``B x 1 x H x W`` synthetic masks (``H x W`` is the image size).
+        seg_weight: ``lambda`` of Eq. 10.
+        exclude: optional ``B`` shot indices for leave-one-out prototypes (both halves of
+            the batch use them: image ``b`` and its anomaly come from shot ``exclude[b]``).
+        diagnose: also measure the gradient norm each loss sends into the AIE and the
+            relative change of the AIE's normal features caused by this step (skipped
+            when the AIE has nothing to train, as in the ``ate`` variant).
+
+    Returns:
+        the record of the step as floats: ``nfc``, ``afs``, ``seg``, ``total`` (Eq. 10),
+        ``nfc_active``, ``afs_active``, ``afs_margin`` and, with ``diagnose``,
+        ``grad_aie_nfc``, ``grad_aie_afs``, ``grad_aie_seg`` and ``aie_change``.
+    """
+    k = normal_tokens.shape[0]
+    size = tuple(abnormal_masks.shape[-2:])
+    features = model.aie(torch.cat([normal_tokens, abnormal_tokens]))
+    losses: dict[str, torch.Tensor] = {}
+    if model.uses_vision:
+        if model.bank.cfg.refresh:
+            model.bank.build(features[:k].detach())
+        losses = model.bank.losses(features[:k], features[k:], abnormal_masks, exclude, exclude)
+    both = None if exclude is None else torch.cat([exclude, exclude])
+    maps = model.maps_from_features(features, size, exclude=both)
+    target = torch.cat([torch.zeros_like(abnormal_masks), abnormal_masks])
+    losses["seg"] = segmentation_loss(maps["final"], target)
+    total = losses.get("nfc", 0.0) + losses.get("afs", 0.0) + seg_weight * losses["seg"]
+    record = {n: float(v.detach()) for n, v in losses.items()}
+    record["total"] = float(total.detach())
+    params = [p for p in model.aie.parameters() if p.requires_grad]
+    diagnose = diagnose and bool(params)  # the `ate` variant has no trainable AIE to diagnose
+    if diagnose:
+        for name in LOSSES:
+            if name in losses:
+                record[f"grad_aie_{name}"] = _grad_norm(losses[name], params)
+        before = features[:k].detach()
+    optimiser.zero_grad(set_to_none=True)
+    total.backward()
+    optimiser.step()
+    if diagnose:
+        with torch.no_grad():
+            after = model.aie(normal_tokens)
+        record["aie_change"] = float((after - before).norm() / before.norm().clamp_min(1e-12))
+    return record
+
+
 @dataclass
 class TrainResult:
-    """What a training run returns: the loss history (one dict per iteration) and timing."""
+    """What a training run returns: per-iteration records, validation monitor, timing."""
 
     history: list[dict] = field(default_factory=list)
+    monitor: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     iterations: int = 0
+    leave_one_out: bool = False
 
     def to_dict(self) -> dict:
-        return {"history": self.history, "seconds": self.seconds, "iterations": self.iterations}
+        return {"history": self.history, "monitor": self.monitor, "seconds": self.seconds,
+                "iterations": self.iterations, "leave_one_out_used": self.leave_one_out}
+
+
+def _diagnose_at(it: int, cfg: ExperimentConfig) -> bool:
+    every = cfg.train.diagnostics_every
+    return every > 0 and (it < 10 or (it + 1) % every == 0 or it == cfg.train.iterations - 1)
+
+
+def _run_monitor(model: VTFusion, monitor: Monitor, iteration: int) -> dict:
+    was_training = model.training
+    model.eval()
+    try:
+        return {"iteration": iteration, **monitor(model)}
+    finally:
+        model.train(was_training)
 
 
 def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, dataset: str, category: str,
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, monitor: Monitor | None = None) -> TrainResult:
     """Algorithm 1 on the k normal shots (``k x 3 x S x S`` in [0, 1]); see the module docstring.
 
-    Returns the per-iteration losses (``nfc``, ``afs``, ``seg``, ``total``). Deterministic on
-    CPU for a given ``cfg.train.seed``.
+    Args:
+        monitor: optional ``monitor(model) -> dict`` of validation numbers (e.g.
+            :func:`vtfusion.validation.map_monitor`), called in eval mode before training,
+            every ``cfg.train.monitor_every`` iterations and at the end. It only observes:
+            the last iterate is returned whatever it says.
+
+    Returns the per-iteration records (:func:`training_step`), the monitor's records and
+    the wall time. Deterministic on CPU for a given ``cfg.train.seed``.
     """
     device = next(model.aie.parameters()).device
     shots = shots.to(device)
     k, size = shots.shape[0], tuple(shots.shape[-2:])
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    tc = cfg.train
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
     selector = AnomalyTypeSelector.from_config(cfg.das)
+    texture = category_info(dataset, category).texture if dataset != "folder" else False
     foreground = category_foreground(shots, dataset, category, cfg.das.foreground)
-    normal_tokens = model.backbone(shots)  # computed once: the shots never change
+    shot_tokens = model.backbone(shots)  # computed once: the shots never change
     if model.uses_vision:
-        model.build_prototypes(normal_tokens)
-    optimiser = torch.optim.Adam(model.parameter_groups(cfg.train.lr_aie, cfg.train.lr_ate, cfg.train.lr_mpf))
-    normal_target = torch.zeros(k, 1, *size, device=device)
-    result = TrainResult()
-    bar = _progress(cfg.train.iterations, progress, f"train {dataset}/{category} k={k}")
+        model.build_prototypes(shot_tokens)
+    leave_one_out = tc.leave_one_out and k >= 2 and model.uses_vision
+    if tc.leave_one_out and not leave_one_out and model.uses_vision:
+        warnings.warn(f"TrainConfig.leave_one_out needs k >= 2 shots (k = {k}): training without it",
+                      RuntimeWarning, stacklevel=2)
+    exclude = torch.arange(k, device=device) if leave_one_out else None
+    optimiser, schedule = make_optimiser(model, cfg)
+    result = TrainResult(leave_one_out=leave_one_out)
+    bar = _progress(tc.iterations, progress, f"train {dataset}/{category} k={k}")
     start = time.perf_counter()
-    model.train()
-    for it in range(cfg.train.iterations):
-        abnormal, masks = synthesize_batch(shots, gen, cfg.das, foreground=foreground,
-                                           kinds=selector.sample(k, gen))
-        features = model.aie(torch.cat([normal_tokens, model.backbone(abnormal)]))
-        losses = {}
-        if model.uses_vision:
-            if model.bank.cfg.refresh:
-                model.bank.build(features[:k].detach())
-            losses = model.bank.losses(features[:k], features[k:], masks)
-        maps = model.maps_from_features(features, size)
-        losses["seg"] = segmentation_loss(maps["final"], torch.cat([normal_target, masks]))
-        total = losses.get("nfc", 0.0) + losses.get("afs", 0.0) + cfg.model.seg_weight * losses["seg"]
-        optimiser.zero_grad(set_to_none=True)
-        total.backward()
-        optimiser.step()
-        record = {"iteration": it, **{n: v.item() for n, v in losses.items()}, "total": total.item()}
-        result.history.append(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix({n: f"{v:.4f}" for n, v in record.items() if n != "iteration"})
+    with deterministic_algorithms(tc.deterministic):
+        if monitor is not None:
+            result.monitor.append(_run_monitor(model, monitor, 0))
+        model.train()
+        for it in range(tc.iterations):
+            normal, normal_tokens, fg = shots, shot_tokens, foreground
+            if tc.augment.enabled:
+                normal = augment_shots(shots, gen, tc.augment, texture)
+                normal_tokens = model.backbone(normal)
+                fg = category_foreground(normal, dataset, category, cfg.das.foreground)
+            abnormal, masks = synthesize_batch(normal, gen, cfg.das, foreground=fg,
+                                               kinds=selector.sample(k, gen))
+            record = training_step(model, optimiser, normal_tokens, model.backbone(abnormal), masks,
+                                   cfg.model.seg_weight, exclude, diagnose=_diagnose_at(it, cfg))
+            schedule.step()
+            result.history.append({"iteration": it, **record})
+            if monitor is not None and tc.monitor_every > 0 and (it + 1) % tc.monitor_every == 0 \
+                    and it + 1 < tc.iterations:
+                result.monitor.append(_run_monitor(model, monitor, it + 1))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({n: f"{record[n]:.4f}" for n in ("total", *LOSSES) if n in record})
+        model.eval()
+        with torch.no_grad():
+            model.calibrate(model.aie(normal_tokens), exclude)
+        if monitor is not None:
+            result.monitor.append(_run_monitor(model, monitor, tc.iterations))
     if bar is not None:
         bar.close()
-    model.eval()
     result.seconds = time.perf_counter() - start
-    result.iterations = cfg.train.iterations
+    result.iterations = tc.iterations
     return result
 
 
@@ -137,26 +287,48 @@ def _progress(total: int, enabled: bool, desc: str):
 # --- load-or-train ----------------------------------------------------------------------
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Short stable hash of a config (the key of a cached run)."""
+    """Short stable hash of a whole config (the key of a result)."""
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: Config fields that change neither the trained weights nor the training's randomness:
+#: a saved model is reused across them (evaluation options; what the history records).
+NOT_TRAINING = (("eval",), ("train", "diagnostics_every"), ("train", "monitor_every"))
+
+
+def training_hash(cfg: ExperimentConfig) -> str:
+    """Short stable hash of what determines a trained model (the key of a saved run).
+
+    The whole config without :data:`NOT_TRAINING`: evaluating the same model with and
+    without map smoothing reuses one training run.
+    """
+    data = cfg.to_dict()
+    for path in NOT_TRAINING:
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1], None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def run_dir(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
             root: str | Path | None = None) -> Path:
-    """``runs/<profile>/<dataset>/<category>/k<k>_seed<seed>_<confighash>/``."""
+    """``runs/<profile>/<dataset>/<category>/k<k>_seed<seed>_<traininghash>/``."""
     from vtfusion import paths
 
     base = Path(root) if root is not None else paths.PROJECT_ROOT / "runs"
-    return base / cfg.profile / dataset / category / f"k{k}_seed{seed}_{config_hash(cfg)}"
+    return base / cfg.profile / dataset / category / f"k{k}_seed{seed}_{training_hash(cfg)}"
 
 
 def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
                   root: str | Path | None = None, data_root: str | Path | None = None,
-                  backbone=None, progress: bool = True, cache=None) -> tuple[VTFusion, dict]:
+                  backbone=None, progress: bool = True, cache=None,
+                  monitor: Monitor | None = None) -> tuple[VTFusion, dict]:
     """Reuse a saved model for the same config and cell, else train and save it.
 
     ``cache``: an optional :class:`vtfusion.cache.FeatureCache`; it supplies the text
     embeddings of the prompt ensemble from disk before training (not part of the config).
+    ``monitor``: passed to :func:`train_vtfusion` when training happens.
 
     Returns ``(model, info)``; ``info`` holds the loss history, wall time, shot files and
     whether the model was ``loaded`` from disk.
@@ -178,7 +350,7 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     model = build_model(cfg, dataset=dataset, category=category, backbone=backbone, device=cfg.train.device)
     if cache is not None:
         cache.prime_text(model)
-    result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress)
+    result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress, monitor=monitor)
     extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
              "shots": list(shot_list.files), "vtfusion_version": __version__}
     save_checkpoint(model, cfg, path, extra)

@@ -26,9 +26,9 @@ from torch.utils.data import Dataset
 from vtfusion import paths
 from vtfusion.data.categories import DATASETS, categories
 from vtfusion.data.images import IMAGE_EXTENSIONS, load_image, load_image_and_mask
+from vtfusion.data.layout import GOOD, MASK_FOLDERS, SPLITS
 
-SPLITS = ("train", "test")
-GOOD = "good"
+
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,9 @@ class MVTecDataset(AnomalyDataset):
     Args:
         root: dataset root (holding one folder per category).
         category: category folder name.
-        split: ``train`` (normal images only) or ``test``.
+        split: ``train`` (normal images only), ``test``, or ``val`` (a validation split in
+            ``<category>/val/`` with masks in ``<category>/val_ground_truth/``, as the toy
+            dataset has; choices are made on it, never on ``test``).
         image_size: side of the square the images are resized to (None: keep size).
         dataset_name: which shot lists and category facts apply (``mvtec``, ``toy``,
             ``real_ad``, or ``folder`` for custom data).
@@ -189,7 +191,7 @@ class MVTecDataset(AnomalyDataset):
         return records
 
     def _find_mask(self, defect: str, stem: str) -> Path | None:
-        gt = self.category_dir / "ground_truth" / defect
+        gt = self.category_dir / MASK_FOLDERS[self.split] / defect
         for name in (f"{stem}_mask.png", f"{stem}.png"):
             if (gt / name).is_file():
                 return gt / name
@@ -216,6 +218,9 @@ class VisADataset(AnomalyDataset):
     def __init__(self, root: str | Path, category: str, split: str = "test", image_size: int | None = 240,
                  split_csv: str | Path | None = None, dataset_name: str = "visa"):
         _check_split(split)
+        if split == "val":
+            raise ValueError("VisA has no validation split (only train/test in the official 1cls.csv); "
+                             "choose settings on the toy dataset's val split")
         self.root = Path(root)
         self.category, self.split, self.image_size = category, split, image_size
         self.dataset_name, self.mask_threshold = dataset_name, 0

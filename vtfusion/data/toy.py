@@ -30,6 +30,13 @@ Layout (MVTec AD)::
     <root>/<category>/test/good/000.png ...
     <root>/<category>/test/<defect_type>/000.png ...
     <root>/<category>/ground_truth/<defect_type>/000_mask.png   (0/255, single channel)
+    <root>/<category>/val/good/000.png ...                      (validation split)
+    <root>/<category>/val/<defect_type>/000.png ...
+    <root>/<category>/val_ground_truth/<defect_type>/000_mask.png
+
+The **validation split** (``val``) holds normal and defective images drawn from other
+seeds than the test split (the split name is part of every image's seed). Every default
+the project chooses is chosen on it, never on ``test`` (:mod:`vtfusion.validation`).
 
 Generation is deterministic: every image has its own random generator derived from
 ``(seed, category, split, index)`` through :class:`numpy.random.SeedSequence`, so the
@@ -62,11 +69,13 @@ from scipy import ndimage
 
 from vtfusion import __version__, paths
 from vtfusion.data.categories import TOY_CATEGORIES
+from vtfusion.data.layout import GOOD, MASK_FOLDERS
 
-GENERATOR_VERSION = "toy-1"
+GENERATOR_VERSION = "toy-2"
 """Bump whenever the drawing code changes: a new version regenerates every copy."""
 
 MANIFEST_NAME = "manifest.json"
+
 GENERATOR_NAME = "vtfusion.data.toy"
 
 DEFECT_TYPES: dict[str, tuple[str, ...]] = {
@@ -93,6 +102,8 @@ class ToyConfig:
         n_train: normal training images per category (``train/good``).
         n_test_good: normal test images per category (``test/good``).
         n_test_per_defect: defective test images per defect type.
+        n_val_good: normal validation images per category (``val/good``).
+        n_val_per_defect: defective validation images per defect type (``val/<defect>``).
         categories: which toy categories to write (default: all four).
     """
 
@@ -101,6 +112,8 @@ class ToyConfig:
     n_train: int = 20
     n_test_good: int = 12
     n_test_per_defect: int = 4
+    n_val_good: int = 20
+    n_val_per_defect: int = 5
     categories: tuple[str, ...] = TOY_CATEGORIES
 
     def __post_init__(self) -> None:
@@ -108,7 +121,7 @@ class ToyConfig:
             raise ValueError(f"ToyConfig.seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.image_size, int) or self.image_size < 64:
             raise ValueError(f"ToyConfig.image_size must be an integer >= 64 pixels, got {self.image_size!r}")
-        for name in ("n_train", "n_test_good", "n_test_per_defect"):
+        for name in ("n_train", "n_test_good", "n_test_per_defect", "n_val_good", "n_val_per_defect"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0 or value > 999:
                 raise ValueError(f"ToyConfig.{name} must be an integer in [0, 999], got {value!r}")
@@ -1520,26 +1533,38 @@ def _stable_id(text: str) -> int:
 def image_seed_sequence(seed: int, category: str, split: str, index: int) -> np.random.SeedSequence:
     """Seed sequence of one image: a function of ``(seed, category, split, index)`` only.
 
-    ``split`` is ``train``, ``test/good`` or ``test/<defect_type>``.
+    ``split`` is ``train``, ``test/good``, ``test/<defect_type>``, ``val/good`` or
+    ``val/<defect_type>``: validation images never share a seed with test images.
     """
     return np.random.SeedSequence([int(seed), _stable_id(category), _stable_id(split), int(index)])
+
+
+def _split_parts(split: str) -> tuple[str, str]:
+    """``"test/stain"`` -> ``("test", "stain")``; ``"train"`` -> ``("train", "good")``."""
+    if split == "train":
+        return "train", GOOD
+    part, _, kind = split.partition("/")
+    if part not in ("test", "val") or not kind:
+        raise ValueError(f"unknown split {split!r}; use train, test/good, test/<defect_type>, "
+                         "val/good or val/<defect_type>")
+    return part, kind
 
 
 def render_sample(category: str, split: str, index: int, config: ToyConfig = ToyConfig()
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """The image (and mask, for a defect) that the dataset holds at ``split``/``index``.
 
-    ``split`` is ``train``, ``test/good`` or ``test/<defect_type>``; the result is the
-    same whether or not the rest of the dataset is generated.
+    ``split`` is ``train``, ``test/good``, ``test/<defect_type>``, ``val/good`` or
+    ``val/<defect_type>``; the result is the same whether or not the rest of the dataset
+    is generated.
     """
     _check_category(category)
+    _, kind = _split_parts(split)
     normal_ss, defect_ss = image_seed_sequence(config.seed, category, split, index).spawn(2)
     image = render_normal(category, np.random.default_rng(normal_ss), config.image_size)
-    if split in ("train", "test/good"):
+    if kind == GOOD:
         return image, None
-    if not split.startswith("test/"):
-        raise ValueError(f"unknown split {split!r}; use train, test/good or test/<defect_type>")
-    return render_defect(category, split[len("test/"):], image, np.random.default_rng(defect_ss))
+    return render_defect(category, kind, image, np.random.default_rng(defect_ss))
 
 
 # ---------------------------------------------------------------------------------
@@ -1553,18 +1578,34 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, format="PNG", compress_level=1)
 
 
+def _jobs(category: str, config: ToyConfig) -> list[tuple[str, int]]:
+    """Every ``(split, index)`` the dataset holds for ``category``."""
+    jobs: list[tuple[str, int]] = [("train", i) for i in range(config.n_train)]
+    for part, n_good, n_defect in (("test", config.n_test_good, config.n_test_per_defect),
+                                   ("val", config.n_val_good, config.n_val_per_defect)):
+        jobs += [(f"{part}/{GOOD}", i) for i in range(n_good)]
+        jobs += [(f"{part}/{d}", i) for d in DEFECT_TYPES[category] for i in range(n_defect)]
+    return jobs
+
+
+def _folders(split: str) -> tuple[str, str]:
+    """Image folder and mask folder (relative to the category) of a split name."""
+    part, kind = _split_parts(split)
+    if part == "train":
+        return "train/good", ""
+    return f"{part}/{kind}", "" if kind == GOOD else f"{MASK_FOLDERS[part]}/{kind}"
+
+
 def _write_category(cat_dir: Path, category: str, config: ToyConfig) -> int:
     count = 0
-    jobs: list[tuple[str, int]] = [("train", i) for i in range(config.n_train)]
-    jobs += [("test/good", i) for i in range(config.n_test_good)]
-    jobs += [(f"test/{d}", i) for d in DEFECT_TYPES[category] for i in range(config.n_test_per_defect)]
-    for split, i in jobs:
+    for split, i in _jobs(category, config):
         image, mask = render_sample(category, split, i, config)
-        folder = cat_dir / ("train/good" if split == "train" else split)
+        image_folder, mask_folder = _folders(split)
+        folder = cat_dir / image_folder
         folder.mkdir(parents=True, exist_ok=True)
         _save_png(folder / f"{i:03d}.png", image)
         if mask is not None:
-            gt = cat_dir / "ground_truth" / split[len("test/"):]
+            gt = cat_dir / mask_folder
             gt.mkdir(parents=True, exist_ok=True)
             _save_png(gt / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
         count += 1
@@ -1595,11 +1636,10 @@ def _is_complete(root: Path, config: ToyConfig) -> bool:
     if _read_manifest(root) != _manifest(config):
         return False
     for cat in config.categories:
-        c = root / cat
-        expect = {c / "train" / "good": config.n_train, c / "test" / "good": config.n_test_good}
-        for d in DEFECT_TYPES[cat]:
-            expect[c / "test" / d] = config.n_test_per_defect
-            expect[c / "ground_truth" / d] = config.n_test_per_defect
+        expect: dict[Path, int] = {}
+        for split, _ in _jobs(cat, config):
+            for folder in filter(None, _folders(split)):  # the image folder, and the mask folder if any
+                expect[root / cat / folder] = expect.get(root / cat / folder, 0) + 1
         for folder, n in expect.items():
             found = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
             if found != n:
@@ -1785,8 +1825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     took = time.perf_counter() - start
-    n_images = len(config.categories) * (config.n_train + config.n_test_good) + sum(
-        len(DEFECT_TYPES[c]) * config.n_test_per_defect for c in config.categories)
+    n_images = sum(len(_jobs(c, config)) for c in config.categories)
     if generated:
         print(f"toy dataset: generated {len(config.categories)} categories ({n_images} images, seed "
               f"{config.seed}) in {root} in {took:.2f} s")

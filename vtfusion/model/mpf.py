@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FUSIONS = ("mpf", "concat")
+FUSION_INPUTS = ("attended", "attention")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class MPFConfig:
 
     Attributes:
         fusion: ``mpf`` (fusion block, Eq. 7) or ``concat`` (Fig. 7 baseline, no fusion block).
+        fusion_input: **[choice]** what Eq. 7 concatenates. ``attended``: each SAM's
+            output, the attention-weighted features added to the map's embedding
+            (``attn_dim`` channels per map; how self-attention is usually composed);
+            ``attention``: the text read literally, "the two attention matrices are
+            concatenated in a channel-wise manner": each ``N x N`` softmax matrix is
+            viewed as ``N`` channels over the ``h x w`` query positions (row ``q`` of the
+            matrix becomes the channel vector at position ``q``), ``2N`` channels in all.
         attn_dim: **[choice]** channels a 1-channel map is embedded into before self-attention.
         attn_heads: **[choice]** attention heads in each self-attention module.
         fused_channels: **[choice]** channels of ``M^vt``. The paper calls ``M^vt`` a
@@ -36,18 +44,29 @@ class MPFConfig:
         seg_channels: **[choice]** base width of the segmentation network.
         pyramid_bins: **[choice]** pooled grid sizes of the multi-scale (pyramid pooling)
             aggregation on the coarsest FPN level.
+        vision_skip: **[choice]**, a departure from the paper: add the vision map,
+            normalised by a BatchNorm (batch statistics while training, running ones at
+            test), to the segmentation network's logits, whose last layer then starts at
+            zero. An untrained MPF is then a monotone function of ``M^v`` (as good as the
+            vision map at step 0) and training learns corrections, instead of having to
+            rediscover from scratch what ``M^v`` already says. False: the paper's ``phi``.
     """
 
     fusion: str = "mpf"
+    fusion_input: str = "attended"
     attn_dim: int = 32
     attn_heads: int = 1
     fused_channels: int = 1
     seg_channels: int = 32
     pyramid_bins: tuple[int, ...] = (1, 2, 4)
+    vision_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
             raise ValueError(f"MPFConfig.fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if self.fusion_input not in FUSION_INPUTS:
+            raise ValueError(f"MPFConfig.fusion_input must be one of {', '.join(FUSION_INPUTS)}, "
+                             f"got {self.fusion_input!r}")
         if self.attn_dim % self.attn_heads:
             raise ValueError(f"attn_dim ({self.attn_dim}) must be divisible by attn_heads ({self.attn_heads})")
 
@@ -98,17 +117,36 @@ class ResidualBlock(nn.Module):
 class FusionBlock(nn.Module):
     """Eq. 7: ``M^vt = G(SAM(M^v) (+) SAM(M^t))``.
 
+    With ``fusion_input="attended"`` SAM's output is the attended embedding
+    (``attn_dim`` channels); with ``"attention"`` it is the softmax attention matrix
+    itself, ``N`` channels over the ``h x w`` grid (``N = h*w``, so the block is sized for
+    one grid, ``grid_cells``).
+
     Shapes: two ``B x 1 x h x w`` maps -> ``B x fused_channels x h x w``.
     """
 
-    def __init__(self, cfg: MPFConfig):
+    def __init__(self, cfg: MPFConfig, grid_cells: int | None = None):
         super().__init__()
+        self.cfg = cfg
         self.sam_vision = MapSelfAttention(cfg.attn_dim, cfg.attn_heads)
         self.sam_text = MapSelfAttention(cfg.attn_dim, cfg.attn_heads)
-        self.g = ResidualBlock(2 * cfg.attn_dim, cfg.fused_channels)
+        if cfg.fusion_input == "attention":
+            if grid_cells is None:
+                raise ValueError("MPFConfig.fusion_input='attention' needs the grid size (grid_cells = h*w)")
+            width = 2 * grid_cells
+        else:
+            width = 2 * cfg.attn_dim
+        self.g = ResidualBlock(width, cfg.fused_channels)
+
+    def _sam(self, sam: MapSelfAttention, m: torch.Tensor) -> torch.Tensor:
+        if self.cfg.fusion_input == "attended":
+            return sam(m)
+        b, _, h, w = m.shape
+        _, weights = sam(m, return_weights=True)  # B x N(query) x N(key)
+        return weights.transpose(1, 2).reshape(b, h * w, h, w)  # key index as channel, query as position
 
     def forward(self, m_v: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
-        return self.g(torch.cat([self.sam_vision(m_v), self.sam_text(m_t)], dim=1))
+        return self.g(torch.cat([self._sam(self.sam_vision, m_v), self._sam(self.sam_text, m_t)], dim=1))
 
 
 class PyramidPooling(nn.Module):
@@ -166,18 +204,25 @@ class SegmentationNet(nn.Module):
 class MultimodalPredictionFusion(nn.Module):
     """The MPF module: fusion block (Eq. 7) + segmentation network and upsampling (Eq. 9).
 
+    ``grid_cells`` (``h*w``) is needed only for ``fusion_input="attention"``.
+
     ``forward(m_v, m_t, out_size)`` takes ``B x 1 x h x w`` maps and returns a dict with
     ``fused`` (``M^vt``, ``B x fused_channels x h x w``; absent for ``concat``),
-    ``logits`` (``B x 1 x h x w``) and ``final`` (``M^f``: sigmoid of the logits,
+    ``logits`` (``B x 1 x h x w``; with ``vision_skip`` plus the normalised ``M^v``)
+    and ``final`` (``M^f``: sigmoid of the logits,
     bilinearly upsampled to ``out_size``, ``B x 1 x H x W`` in [0, 1]).
     """
 
-    def __init__(self, cfg: MPFConfig = MPFConfig()):
+    def __init__(self, cfg: MPFConfig = MPFConfig(), grid_cells: int | None = None):
         super().__init__()
         self.cfg = cfg
-        self.fusion = FusionBlock(cfg) if cfg.fusion == "mpf" else None
+        self.fusion = FusionBlock(cfg, grid_cells) if cfg.fusion == "mpf" else None
         cin = 2 + (cfg.fused_channels if self.fusion is not None else 0)
         self.seg = SegmentationNet(cin, cfg.seg_channels, cfg.pyramid_bins)
+        self.vision_norm = nn.BatchNorm2d(1) if cfg.vision_skip else None
+        if cfg.vision_skip:
+            nn.init.zeros_(self.seg.head.weight)
+            nn.init.zeros_(self.seg.head.bias)
 
     def forward(self, m_v: torch.Tensor, m_t: torch.Tensor, out_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         if m_v.shape != m_t.shape or m_v.ndim != 4 or m_v.shape[1] != 1:
@@ -189,6 +234,8 @@ class MultimodalPredictionFusion(nn.Module):
             out["fused"] = self.fusion(m_v, m_t)
             parts.append(out["fused"])
         out["logits"] = self.seg(torch.cat(parts, dim=1))
+        if self.vision_norm is not None:
+            out["logits"] = out["logits"] + self.vision_norm(m_v)
         # Upsample the probabilities (not the logits) so M^f stays in [0, 1] (Eq. 9).
         out["final"] = F.interpolate(torch.sigmoid(out["logits"]), size=out_size, mode="bilinear",
                                      align_corners=False)

@@ -13,8 +13,11 @@ Variants, the rows of the paper's Table II (all share this code):
 * ``ate``: text branch only. The AIE's linear maps stay at CLIP's ``ln_post`` + ``proj``
   (frozen), only the ATE adapter trains, and ``M^f`` is ``M^t / L`` upsampled.
 * ``ate_aie``: text branch and adaptive image encoder with the boundary losses, no MPF;
-  ``M^f`` **[choice]** averages the two maps rescaled to [0, 1] by their ranges:
-  ``(M^t / L + M^v / D_max) / 2`` upsampled, ``D_max = 4`` for unit-normalised features.
+  ``M^f`` **[choice]** (``ModelConfig.ate_aie_fusion``) averages the two maps, either
+  rescaled to [0, 1] by their ranges, ``(M^t / L + M^v / D_max) / 2`` (``range``;
+  ``D_max = 4`` for unit-normalised squared distances, which the vision map rarely
+  approaches, so it is compressed), or standardised by the mean and standard deviation
+  each map has on the training normals (``standardised``, :meth:`VTFusion.calibrate`).
 * ``full``: the paper's VTFusion, ``M^f`` from the MPF module.
 """
 
@@ -32,6 +35,7 @@ from vtfusion.model.mpf import MPFConfig, MultimodalPredictionFusion
 from vtfusion.model.prototypes import PrototypeBank, PrototypeConfig
 
 VARIANTS = ("ate", "ate_aie", "full")
+ATE_AIE_FUSIONS = ("range", "standardised")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class ModelConfig:
         aie, prototypes, ate, mpf: the sub-modules' configs.
         seg_weight: ``lambda`` of Eq. 10 **[choice]**: the paper keeps "its default value"
             without stating it; 1.0.
+        ate_aie_fusion: **[choice]** how the ``ate_aie`` row (Table II, no MPF) combines
+            ``M^v`` and ``M^t``: ``range`` (each divided by its largest possible value) or
+            ``standardised`` (each standardised by its statistics on the training normals).
     """
 
     variant: str = "full"
@@ -51,8 +58,12 @@ class ModelConfig:
     ate: ATEConfig = field(default_factory=ATEConfig)
     mpf: MPFConfig = field(default_factory=MPFConfig)
     seg_weight: float = 1.0
+    ate_aie_fusion: str = "range"
 
     def __post_init__(self) -> None:
+        if self.ate_aie_fusion not in ATE_AIE_FUSIONS:
+            raise ValueError(f"ModelConfig.ate_aie_fusion must be one of {', '.join(ATE_AIE_FUSIONS)}, "
+                             f"got {self.ate_aie_fusion!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"ModelConfig.variant must be one of {', '.join(VARIANTS)} (Table II rows), "
                              f"got {self.variant!r}")
@@ -78,14 +89,27 @@ class VTFusion(nn.Module):
         self.aie = AdaptiveImageEncoder.from_backbone(backbone, cfg.aie)
         self.bank = PrototypeBank(backbone.num_levels, backbone.embed_dim, backbone.grid_size, cfg.prototypes)
         self.ate = AdaptiveTextEncoder.from_backbone(backbone, cfg.ate)
-        self.mpf = MultimodalPredictionFusion(cfg.mpf) if cfg.variant == "full" else None
+        grid = backbone.grid_size
+        self.mpf = MultimodalPredictionFusion(cfg.mpf, grid[0] * grid[1]) if cfg.variant == "full" else None
+        # mean and std of M^t / L and M^v on the training normals (calibrate()): ate_aie's
+        # "standardised" fusion reads them.
+        self.register_buffer("map_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         if cfg.variant == "ate":
             self.aie.requires_grad_(False)  # Table II row 1: CLIP's own projection, no AIE training
 
     # -- parameter groups for Algorithm 1's optimiser ------------------------------------
-    def parameter_groups(self, lr_aie: float, lr_ate: float, lr_mpf: float) -> list[dict]:
-        """Adam groups with the paper's per-module learning rates (Sec. IV-A)."""
-        groups = [{"name": "aie", "params": [p for p in self.aie.parameters() if p.requires_grad], "lr": lr_aie},
+    def parameter_groups(self, lr_aie: float, lr_ate: float, lr_mpf: float,
+                         adaptor_lr_scale: float = 1.0) -> list[dict]:
+        """Adam groups with the paper's per-module learning rates (Sec. IV-A).
+
+        The AIE's feature adaptor is its own group at ``adaptor_lr_scale * lr_aie`` (equal
+        to the paper's single AIE rate by default).
+        """
+        adaptor = [p for p in self.aie.adaptors.parameters() if p.requires_grad]
+        adaptor_ids = {id(p) for p in adaptor}
+        linear = [p for p in self.aie.parameters() if p.requires_grad and id(p) not in adaptor_ids]
+        groups = [{"name": "aie", "params": linear, "lr": lr_aie},
+                  {"name": "aie_adaptor", "params": adaptor, "lr": lr_aie * adaptor_lr_scale},
                   {"name": "ate", "params": [p for p in self.ate.parameters() if p.requires_grad], "lr": lr_ate}]
         if self.mpf is not None:
             groups.append({"name": "mpf", "params": list(self.mpf.parameters()), "lr": lr_mpf})
@@ -109,12 +133,17 @@ class VTFusion(nn.Module):
         """``F^t`` (``2 x c``): cached CLIP ensemble embeddings through the ATE adapter."""
         return self.ate.text_features(self.object_name, self.backbone)
 
-    def maps_from_features(self, features: torch.Tensor, out_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """All maps from AIE features ``B x L x c x h x w`` (see the module docstring)."""
+    def maps_from_features(self, features: torch.Tensor, out_size: tuple[int, int],
+                           exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """All maps from AIE features ``B x L x c x h x w`` (see the module docstring).
+
+        ``exclude``: optional ``B`` shot indices, for leave-one-out vision maps during
+        training (:meth:`~vtfusion.model.prototypes.PrototypeBank.distances`).
+        """
         levels = features.shape[1]
         out = {"text": text_map(features, self.text_features(), self.cfg.ate.logit_scale)}
         if self.uses_vision:
-            out["vision"] = self.bank(features)
+            out["vision"] = self.bank(features, exclude)
         if self.mpf is not None:
             fused = self.mpf(out["vision"], out["text"], out_size)
             if "fused" in fused:
@@ -123,15 +152,40 @@ class VTFusion(nn.Module):
         else:
             grid_map = out["text"] / levels
             if self.uses_vision:
-                grid_map = 0.5 * (grid_map + out["vision"] / self.max_distance)
+                grid_map = self._combine(grid_map, out["vision"])
             out["final"] = F.interpolate(grid_map, size=out_size, mode="bilinear", align_corners=False)
         out["score"] = out["final"].flatten(1).amax(dim=1)
         return out
 
+    def _combine(self, text: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
+        """``ate_aie``'s ``M^f`` on the grid from ``M^t / L`` and ``M^v`` (``ModelConfig.ate_aie_fusion``)."""
+        if self.cfg.ate_aie_fusion == "range":
+            return 0.5 * (text + vision / self.max_distance)
+        t_mean, t_std, v_mean, v_std = self.map_stats
+        return 0.5 * ((text - t_mean) / t_std + (vision - v_mean) / v_std)
+
+    @torch.no_grad()
+    def calibrate(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> None:
+        """Store the mean and std of ``M^t / L`` and ``M^v`` over normal images' AIE features.
+
+        Called at the end of training on the shots (leave-one-out vision maps when
+        ``exclude`` is given); ``ate_aie_fusion="standardised"`` divides by them.
+        """
+        text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
+        stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
+        if self.uses_vision:
+            vision = self.bank(features, exclude)
+            stats += [vision.mean(), vision.std(unbiased=False).clamp_min(1e-6)]
+        else:
+            stats += [torch.tensor(0.0), torch.tensor(1.0)]
+        self.map_stats.copy_(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in stats]))
+
     @property
     def max_distance(self) -> float:
-        """Upper bound of ``D`` with unit-normalised features (4); 1 otherwise."""
-        return 4.0 if self.cfg.prototypes.feature_norm == "level_l2" else 1.0
+        """Upper bound of ``D`` with unit-normalised features (4 squared, 2 plain); 1 otherwise."""
+        if self.cfg.prototypes.feature_norm != "level_l2":
+            return 1.0
+        return 4.0 if self.cfg.prototypes.distance == "squared" else 2.0
 
     def forward_tokens(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Maps from precomputed backbone tokens (``B x L x h x w x D``): the cacheable path."""
