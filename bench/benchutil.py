@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import resource
 import sys
@@ -132,3 +133,78 @@ def sync(device: torch.device) -> None:
 def write(path: Path, payload: dict) -> None:
     atomic_write_json(path, payload)
     print(f"wrote {path}")
+
+
+# --- grids of evaluation cells (recipe and pocket benchmarks) ---------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of a results grid: a method on a backbone, with its config."""
+
+    label: str
+    kind: str                      # "vtfusion", "patch_knn" or "zero_shot"
+    config: ExperimentConfig
+
+
+def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: tuple[int, ...],
+             seeds: tuple[int, ...], results_root: Path, runs_root: Path, data_root=None,
+             split: str = "test", log=print) -> list[dict]:
+    """Every (row, k, seed, category) cell through the package's cell runners (cached, resumable).
+
+    Returns one summary per (row, k) and one per row over all k (``k = "all"``), each with
+    mean and std over seeds of the per-seed category means (:func:`vtfusion.validation.summarize`)
+    and the wall time of the cells that ran now.
+    """
+    from vtfusion.backbone import build_backbone
+    from vtfusion.cache import FeatureCache
+    from vtfusion.evaluate import run_cell, run_patch_knn_cell, run_zero_shot_cell
+    from vtfusion.validation import summarize
+
+    cache = FeatureCache.from_env()
+    backbones: dict[str, object] = {}
+    out = []
+    for row in rows:
+        key = json.dumps(dataclasses.asdict(row.config.backbone), sort_keys=True)
+        if key not in backbones:
+            backbones[key] = build_backbone(row.config.backbone, seed=0)
+        bb = backbones[key]
+        results = []
+        start = time.perf_counter()
+        for k in shots:
+            for seed in seeds:
+                for cat in categories:
+                    if row.kind == "zero_shot":
+                        r = run_zero_shot_cell(row.config, dataset, cat, results_root, data_root, bb, cache, split)
+                        r = {**r, "k": k, "seed": seed}
+                    elif row.kind == "patch_knn":
+                        r = run_patch_knn_cell(row.config, dataset, cat, k, seed, results_root=results_root,
+                                               data_root=data_root, backbone=bb, cache=cache, split=split)
+                    else:
+                        r = run_cell(row.config, dataset, cat, k, seed, method=row.label, results_root=results_root,
+                                     runs_root=runs_root, data_root=data_root, backbone=bb, cache=cache, split=split)
+                    results.append(r)
+        seconds = time.perf_counter() - start
+        for k in (*shots, "all"):
+            subset = [r for r in results if k == "all" or r["k"] == k]
+            summary = summarize(subset)
+            out.append({"row": row.label, "kind": row.kind, "backbone": row.config.backbone.arch,
+                        "weights": row.config.backbone.weights, "dataset": dataset, "k": k, **summary,
+                        "seconds_now": seconds if k == "all" else None,
+                        "train_seconds_mean": _mean([r.get("train_seconds") or 0.0 for r in subset])})
+        log(f"  {row.label}: {len(results)} cells, {seconds:.0f}s")
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def grid_table(summaries: list[dict], metrics=("image_auroc", "pixel_auroc", "aupro")) -> str:
+    """The summaries as a text table (mean +- std over seeds, in %)."""
+    from vtfusion.viz import format_table
+
+    def cell(s, m):
+        return "-" if m not in s else f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}"
+
+    return format_table([(s["row"], s["k"], *[cell(s, m) for m in metrics]) for s in summaries],
+                        ("row", "k", *metrics))

@@ -33,8 +33,8 @@ def toy_root() -> Path:
 
 @pytest.fixture(scope="module")
 def backbone():
-    """The quick profile's tiny random backbone, one per test module (it is frozen)."""
+    """The tiny random backbone, one per test module (it is frozen; fast for unit tests)."""
+    from helpers import TINY
     from vtfusion.backbone import build_backbone
-    from vtfusion.config import get_profile
 
-    return build_backbone(get_profile("quick").backbone)
+    return build_backbone(TINY)

@@ -10,10 +10,17 @@ Architectures (``BackboneConfig.arch``):
 ``ViT-B-16-plus-240``
     the paper's backbone (any open_clip model name works): 240 px input, patch 16, so a
     15 x 15 grid of 896-wide tokens and a 640-wide joint embedding space.
+``pocket``
+    the pocket CLIP (:mod:`vtfusion.pocket`): a small open_clip ``CLIP`` pre-trained by
+    this project on a generated, captioned world, with the same 15 x 15 grid. Weights
+    ``pocket-v1`` (package data, SHA-256 checked) or ``random``. Opt-in: ``pocket-v1``
+    did not learn "normal vs damaged" and its tokens match patches worse than random
+    ones (its chapter and model card give the numbers), so the quick profile keeps
+    ``tiny``.
 ``tiny``
     a small open_clip ``CLIP`` (:data:`TINY_CLIP_CONFIG`) with the same input size and
     patch size, hence the same 15 x 15 grid, but width 128, 4 blocks and a 2-block
-    text tower. Random init only: for tests and the CPU ``quick`` profile.
+    text tower. Random init only: the quick profile's backbone and the unit tests'.
 
 Weights (``BackboneConfig.weights``):
 
@@ -66,6 +73,7 @@ from vtfusion.weights import WEIGHTS_ENV, candidate_weight_paths
 log = logging.getLogger(__name__)
 
 TINY_ARCH = "tiny"
+POCKET_ARCH = "pocket"
 RANDOM_WEIGHTS = "random"
 OFFLINE_ENVS = ("VTFUSION_OFFLINE", "HF_HUB_OFFLINE")
 PRECISIONS = ("fp32", "bf16")
@@ -258,8 +266,10 @@ def build_clip(cfg: BackboneConfig, seed: int = 0, allow_download: bool = True) 
     """
     import open_clip
 
+    if cfg.arch == POCKET_ARCH:
+        return _build_pocket(cfg, seed)
     if cfg.arch != TINY_ARCH and cfg.arch not in open_clip.list_models():
-        raise ValueError(f"unknown backbone arch {cfg.arch!r}: use 'tiny' or an open_clip model "
+        raise ValueError(f"unknown backbone arch {cfg.arch!r}: use 'pocket', 'tiny' or an open_clip model "
                          f"name such as 'ViT-B-16-plus-240' (open_clip.list_models())")
     # Find the weights before building anything, so a missing file fails fast.
     weights_path: Path | None = None
@@ -289,6 +299,30 @@ def build_clip(cfg: BackboneConfig, seed: int = 0, allow_download: bool = True) 
         return model, source
     open_clip.load_checkpoint(model, str(weights_path))
     return model, source
+
+
+def _build_pocket(cfg: BackboneConfig, seed: int) -> tuple[nn.Module, str]:
+    """The pocket CLIP with released weights, a weights file, or a seeded random init."""
+    from vtfusion.pocket.model import DESCRIPTION, RELEASES, build_pocket_clip, load_released
+
+    if cfg.weights == RANDOM_WEIGHTS:
+        return build_pocket_clip(seed), f"pocket CLIP architecture, random init (seed {seed}): mechanics only"
+    if cfg.weights in RELEASES:
+        return load_released(cfg.weights), f"{DESCRIPTION}, weights {cfg.weights}"
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(f"BackboneConfig.weights={cfg.weights!r} for the pocket backbone is neither "
+                                   f"a release ({', '.join(RELEASES)}), 'random', nor an existing file")
+    model = build_pocket_clip(seed)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval(), f"{DESCRIPTION}, weights from file {path}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -423,6 +457,10 @@ class FrozenCLIP(nn.Module):
 def _tokenizer_for(arch: str, clip: nn.Module):
     import open_clip
 
+    if arch == POCKET_ARCH:
+        from vtfusion.pocket.model import pocket_tokenizer
+
+        return pocket_tokenizer()
     if arch == TINY_ARCH:
         return open_clip.SimpleTokenizer(context_length=clip.context_length)
     return open_clip.get_tokenizer(arch)

@@ -5,6 +5,8 @@ Examples::
     vtfusion data toy                      # generate the toy dataset (data/toy)
     vtfusion data shots --dataset mvtec    # write data/shots/mvtec/<category>/k<k>_seed<s>.json
     vtfusion data download mvtec --root data/mvtec_ad
+    vtfusion pocket pretrain --out runs/pocket  # pre-train the pocket CLIP (resumable)
+    vtfusion pocket release --run runs/pocket   # package its weights and model card
 """
 
 from __future__ import annotations
@@ -84,7 +86,12 @@ def _experiment_config(args: argparse.Namespace):
     if args.device:
         train = dataclasses.replace(train, device=args.device)
     model = dataclasses.replace(cfg.model, variant=args.variant) if args.variant else cfg.model
-    return cfg.replace(backbone=backbone, train=train, model=model)
+    cfg = cfg.replace(backbone=backbone, train=train, model=model)
+    if args.recipe:
+        from vtfusion.recipes import apply_recipe
+
+        cfg = apply_recipe(cfg, args.recipe)
+    return cfg
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -156,15 +163,41 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
+    from vtfusion.pocket.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads)
+    try:
+        state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    last = state.validation[-1]
+    print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
+          f"AUROC {last['held_out_auroc']:.3f}, accuracy {last['held_out_accuracy']:.3f}; checkpoint in {args.out}")
+    return 0
+
+
+def _cmd_pocket_release(args: argparse.Namespace) -> int:
+    from vtfusion.pocket.release import release
+
+    weights, card = release(args.run, args.name, machine=args.machine)
+    print(f"released {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB) with model card {card}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and schedule (default: the profile's)")
     g.add_argument("--profile", choices=["quick", "paper", "auto"], default=None,
                    help="config profile (default: $VTFUSION_PROFILE, else automatic)")
-    g.add_argument("--backbone", default=None, help="open_clip architecture, or 'tiny'")
-    g.add_argument("--weights", default=None, help="pretrained tag (laion400m_e32), a weights file, or 'random'")
+    g.add_argument("--backbone", default=None, help="open_clip architecture, 'tiny' (random test model) or 'pocket'")
+    g.add_argument("--weights", default=None, help="pretrained tag (laion400m_e32), pocket-v1, a weights file, or 'random'")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="1-indexed blocks whose tokens are used")
     g.add_argument("--variant", choices=["full", "ate_aie", "ate"], default=None, help="Table II row")
     g.add_argument("--iterations", type=int, default=None, help="training iterations")
+    g.add_argument("--recipe", choices=["paper", "project"], default=None,
+                   help="training recipe: the paper read literally, or the project's choice on validation "
+                        "(default: the profile's)")
     g.add_argument("--device", default=None, help="auto, cpu or cuda")
 
 
@@ -250,6 +283,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(p)
     p.set_defaults(func=_cmd_reproduce)
+
+    pocket = sub.add_parser("pocket", help="pre-train and release the pocket CLIP",
+                            description="The pocket CLIP: a small CLIP pre-trained by this project on a generated, "
+                                        "captioned world (opt-in: --backbone pocket --weights pocket-v1).")
+    psub = pocket.add_subparsers(dest="pocket_command", metavar="ACTION", required=True)
+    p = psub.add_parser("pretrain", help="pre-train on the pocket world (resumes from --out)",
+                        description="Pre-train the pocket CLIP with open_clip's CLIP and ClipLoss. Checkpoints are "
+                                    "written atomically to OUT/checkpoint.pt; rerun the same command to resume.")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt, curves.json)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the released recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and data-stream seed")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pocket_pretrain)
+    p = psub.add_parser("release", help="write a run's weights (fp16 safetensors) and model card into the package",
+                        description="Convert a finished pre-training run into the package's released weights.")
+    p.add_argument("--run", type=Path, required=True, help="the run folder of `vtfusion pocket pretrain`")
+    p.add_argument("--name", default="pocket-v1", help="release name (default pocket-v1)")
+    p.add_argument("--machine", default=None, help="where it was trained, for the model card")
+    p.set_defaults(func=_cmd_pocket_release)
     return parser
 
 

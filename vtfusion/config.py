@@ -28,6 +28,7 @@ from vtfusion.augment import AugmentConfig
 from vtfusion.das import DASConfig
 from vtfusion.metrics import EvalConfig
 from vtfusion.model.network import ModelConfig
+from vtfusion.recipes import apply_recipe, recipe_of
 
 PROFILES = ("quick", "paper")
 PROFILE_ENV = "VTFUSION_PROFILE"
@@ -204,14 +205,18 @@ def _quick() -> ExperimentConfig:
 _BUILDERS = {"paper": _paper, "quick": _quick}
 
 
-def get_profile(name: str) -> ExperimentConfig:
-    """The :class:`ExperimentConfig` of a named profile (``quick`` or ``paper``)."""
+def get_profile(name: str, recipe: str = "project") -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of a named profile (``quick`` or ``paper``).
+
+    ``recipe``: ``project`` (the options chosen on validation, :mod:`vtfusion.recipes`) or
+    ``paper`` (every option at the paper's literal reading).
+    """
     if name not in _BUILDERS:
         raise ValueError(
             f"unknown profile {name!r}; choose one of {', '.join(PROFILES)} "
             f"(argument --profile or ${PROFILE_ENV})"
         )
-    return _BUILDERS[name]()
+    return apply_recipe(_BUILDERS[name](), recipe)
 
 
 def paper_requirements() -> dict[str, bool]:
@@ -266,8 +271,10 @@ def describe(cfg: ExperimentConfig, explicit: bool = True) -> str:
     """One human sentence about what a config runs on."""
     b = cfg.backbone
     weights = "random init (mechanics only, not the paper's quality)" if b.weights == "random" else b.weights
+    if b.arch == "pocket" and b.weights != "random":
+        weights += " (pocket CLIP, pre-trained by this project on generated images; not the paper's CLIP)"
     how = "chosen explicitly" if explicit else "chosen automatically"
-    line = (f"profile: {cfg.profile} ({how}); backbone: {b.arch}, weights: {weights}; "
+    line = (f"profile: {cfg.profile} ({how}), recipe: {recipe_of(cfg)}; backbone: {b.arch}, weights: {weights}; "
             f"data: {cfg.data.dataset}; k={cfg.data.shots}; {cfg.train.iterations} training iterations")
     if cfg.profile == "quick" and not explicit:
         missing = [k for k, ok in paper_requirements().items() if not ok]

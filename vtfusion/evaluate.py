@@ -343,6 +343,44 @@ def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: in
                          category=category, k=k, seed=seed, method=method)
 
 
+def run_zero_shot_cell(cfg: ExperimentConfig, dataset: str, category: str, results_root: str | Path | None = None,
+                       data_root: str | Path | None = None, backbone=None, cache: FeatureCache | None = None,
+                       split: str = "test", method: str = "zero_shot") -> dict:
+    """Zero-shot CLIP: the untrained ATE's text map (the prompt ensemble, Eq. 6), no shot, no training.
+
+    The ``ate`` variant of VTFusion before any training: ``M^f = M^t / L`` upsampled, image
+    score its maximum. It needs no normal image, so it is one cell per category
+    (stored as ``k0_seed0``).
+    """
+    import dataclasses
+
+    from vtfusion.data import load_dataset
+    from vtfusion.data.datasets import storage_name
+    from vtfusion.train import build_model
+
+    zs_cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant="ate"))
+    payload = {"backbone": dataclasses.asdict(zs_cfg.backbone), "ate": dataclasses.asdict(zs_cfg.model.ate),
+               "image_size": zs_cfg.data.image_size, "eval": dataclasses.asdict(zs_cfg.eval)}
+    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    path = result_path(zs_cfg, storage_name(dataset, data_root), category, 0, 0, method, results_root, split, key)
+    previous = read_result(path)
+    if previous is not None and previous.get("config_hash") == key:
+        return {**previous, "skipped": True}
+    start = time.perf_counter()
+    cache = FeatureCache.from_env() if cache is None else cache
+    model = build_model(zs_cfg, dataset=dataset, category=category, backbone=backbone, device=zs_cfg.train.device)
+    cache.prepare_backbone(model.backbone)
+    evaluated = load_dataset(dataset, category, split, data_root, zs_cfg.data.image_size)
+    metrics = evaluate_model(model, evaluated, cache=cache, smoothing_sigma=zs_cfg.eval.smoothing_sigma,
+                             maps=("final", "text"))
+    timing = {"shots": [], "train_seconds": 0.0, "model_loaded_from_cache": False,
+              "eval_seconds": time.perf_counter() - start, "eval_cache": settings_dict(cache),
+              "wall_seconds": time.perf_counter() - start}
+    return _write_result(path, zs_cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         data_root=str(data_root) if data_root is not None else None,
+                         category=category, k=0, seed=0, method=method)
+
+
 def _train_with_seed(cfg: ExperimentConfig, seed: int):
     import dataclasses
 

@@ -266,7 +266,8 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
                 bar.set_postfix({n: f"{record[n]:.4f}" for n in ("total", *LOSSES) if n in record})
         model.eval()
         with torch.no_grad():
-            model.calibrate(model.aie(normal_tokens), exclude)
+            # leave-one-out statistics whenever possible (see VTFusion.calibrate)
+            model.calibrate(model.aie(shot_tokens), torch.arange(k, device=device) if k >= 2 else None)
         if monitor is not None:
             result.monitor.append(_run_monitor(model, monitor, tc.iterations))
     if bar is not None:

@@ -172,3 +172,45 @@ def _bar(total: int, enabled: bool, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)
+
+
+def localisation_steps(backbone, dataset: str, category: str, k: int, seed: int = 0,
+                       data_root: str | Path | None = None, cache: FeatureCache | None = None) -> list[dict]:
+    """Where nearest-neighbour localisation is lost on the way to VTFusion's vision map (validation split).
+
+    The same shots and validation images scored four ways, each changing one thing:
+
+    1. ``tokens, every shot patch``: patch-kNN on the frozen multi-level tokens (the reference);
+    2. ``projected, every shot patch``: the tokens through CLIP's ``ln_post`` and ``proj``, the
+       AIE at initialisation (what the vision branch compares);
+    3. ``tokens, mean prototypes``: Eq. 1's average of the shots per location, on the tokens;
+    4. ``projected, mean prototypes``: both, i.e. the untrained vision map ``M^v`` of the paper.
+
+    Returns one row per step with image AUROC, pixel AUROC and AUPRO (no training involved).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from vtfusion.data import load_dataset
+    from vtfusion.metrics import evaluate_maps
+    from vtfusion.patch_knn import nearest_distances, patch_descriptors
+
+    cache = FeatureCache.from_env() if cache is None else cache
+    cache.prepare_backbone(backbone)
+    split = load_dataset(dataset, category, VALIDATION_SPLIT, data_root)
+    data = cache.images(split)
+    tokens = cache.tokens(backbone, split, data).float()
+    shots = backbone(load_dataset(dataset, category, "train", data_root).load_shots(k, seed))
+    h, w = backbone.grid_size
+    rows = []
+    for space, f in (("tokens", lambda t: t), ("projected", backbone.project_tokens)):
+        query, memory = patch_descriptors(f(tokens)), patch_descriptors(f(shots))
+        for bank, mem in (("every shot patch", memory.reshape(-1, memory.shape[-1])),
+                          ("mean prototypes", memory.mean(0))):
+            grid = nearest_distances(query.reshape(-1, query.shape[-1]), mem).reshape(len(tokens), 1, h, w)
+            maps = F.interpolate(grid, size=tuple(data.images.shape[-2:]), mode="bilinear", align_corners=False)
+            m = evaluate_maps(maps[:, 0], data.masks.float(), torch.tensor(split.labels))
+            rows.append({"features": space, "bank": bank, **{key: m[key] for key in SUMMARY_METRICS}})
+    order = [("tokens", "every shot patch"), ("projected", "every shot patch"), ("tokens", "mean prototypes"),
+             ("projected", "mean prototypes")]
+    return sorted(rows, key=lambda r: order.index((r["features"], r["bank"])))

@@ -66,6 +66,13 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, masks: Sequ
     return fig
 
 
+def wrap_titles(texts: Sequence[str], width: int = 26) -> list[str]:
+    """Long titles (e.g. captions) wrapped onto several lines for :func:`show_grid`."""
+    import textwrap
+
+    return ["\n".join(textwrap.wrap(t, width)) for t in texts]
+
+
 def format_table(rows: Sequence[Sequence], headers: Sequence[str]) -> str:
     """A fixed-width text table (notebooks print it; no pandas needed)."""
     cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
@@ -245,5 +252,90 @@ def pipeline_figure(width: float = 11.0):
         ax.text(9.3 + 1.5 * i, 8.45, label, fontsize=7, va="center")
     ax.text(7.3, -0.2, "training: L = L_NFC + L_AFS (Eqs. 3-4, on the AIE features) + L_seg (Eqs. 8-10, "
             "on M against DAS masks); Algorithm 1", ha="center", fontsize=7.5, style="italic")
+    fig.tight_layout()
+    return fig
+
+
+def latest_bench_result(name: str) -> tuple[dict, str] | None:
+    """The newest committed benchmark result ``bench/results/<date>-<machine>/<name>.json`` and its folder."""
+    import json
+
+    from vtfusion import paths
+
+    found = sorted((paths.PROJECT_ROOT / "bench" / "results").glob(f"*/{name}.json"))
+    if not found:
+        return None
+    return json.loads(found[-1].read_text()), found[-1].parent.name
+
+
+def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_auroc", "aupro")) -> str:
+    """A committed grid benchmark (``bench_pocket``, ``bench_recipe``) as a text table, % mean +- std over seeds.
+
+    Each row says its backbone; the header names the result folder (date and machine).
+    """
+    found = latest_bench_result(name)
+    if found is None:
+        return f"no committed result of bench/{'bench_' + name}.py yet (run it and copy runs/bench/{name}.json)"
+    record, folder = found
+    groups = record["parts"] if "parts" in record else {"": record["summaries"]}
+    lines = []
+    for part, summaries in groups.items():
+        rows = [s for s in summaries if s["k"] == k or k == "any"]
+        body = format_table([(s["row"], s["k"], *[f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}" for m in metrics])
+                             for s in rows], ("method/backbone", "k", *metrics))
+        lines.append((f"[{part}]\n" if part else "") + body)
+    return f"bench/results/{folder}/{name}.json (mean +- std over shot seeds, %)\n" + "\n\n".join(lines)
+
+
+def training_curves(info: dict, title: str = "", window: int = 10):
+    """The training chapter's diagnostics of one run (``info`` as ``train_or_load`` returns it).
+
+    Four panels: the losses (moving average); the share of active hinge cells of Eqs. 3-4;
+    the gradient norm each loss sends into the AIE with the AIE's relative feature change per
+    step; and, when the run had a validation monitor, the image and pixel AUROC of ``M^v``,
+    ``M^t`` and ``M^f`` on the validation split. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    hist = info["history"]
+    its = np.array([h["iteration"] for h in hist])
+
+    def smooth(values):
+        values = np.asarray(values, dtype=float)
+        if len(values) < window:
+            return its[:len(values)], values
+        return its[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid")
+
+    monitor = info.get("monitor") or []
+    fig, axes = plt.subplots(1, 4 if monitor else 3, figsize=(16 if monitor else 12, 3.2))
+    ax = axes[0]
+    for name in ("total", "seg", "nfc", "afs"):
+        if name in hist[0]:
+            ax.plot(*smooth([h[name] for h in hist]), label=name)
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set_title("losses"), ax.set_xlabel("iteration"), ax.legend(fontsize=7)
+    ax = axes[1]
+    for name in ("nfc_active", "afs_active"):
+        if name in hist[0]:
+            ax.plot(*smooth([h[name] for h in hist]), label=name)
+    ax.set_ylim(-0.05, 1.05), ax.set_title("active hinge cells (share)"), ax.set_xlabel("iteration")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    diag = [h for h in hist if "aie_change" in h]
+    for name in ("grad_aie_nfc", "grad_aie_afs", "grad_aie_seg", "aie_change"):
+        if diag and name in diag[0]:
+            ax.plot([h["iteration"] for h in diag], [max(h[name], 1e-8) for h in diag], marker=".", label=name)
+    ax.set_yscale("log"), ax.set_title("into the AIE: gradient norms, feature change"), ax.set_xlabel("iteration")
+    ax.legend(fontsize=7)
+    if monitor:
+        ax = axes[3]
+        steps = [m["iteration"] for m in monitor]
+        for name, colour in (("vision", "tab:blue"), ("text", "tab:orange"), ("final", "tab:green")):
+            ax.plot(steps, [m[f"{name}_pixel_auroc"] for m in monitor], color=colour, label=f"{name} pixel")
+            ax.plot(steps, [m[f"{name}_image_auroc"] for m in monitor], color=colour, ls="--",
+                    label=f"{name} image")
+        ax.set_title("validation AUROC per map"), ax.set_xlabel("iteration"), ax.legend(fontsize=6, ncol=2)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

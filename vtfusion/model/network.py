@@ -36,6 +36,7 @@ from vtfusion.model.prototypes import PrototypeBank, PrototypeConfig
 
 VARIANTS = ("ate", "ate_aie", "full")
 ATE_AIE_FUSIONS = ("range", "standardised")
+FINAL_MAPS = ("mpf", "mpf_vision")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class ModelConfig:
         ate_aie_fusion: **[choice]** how the ``ate_aie`` row (Table II, no MPF) combines
             ``M^v`` and ``M^t``: ``range`` (each divided by its largest possible value) or
             ``standardised`` (each standardised by its statistics on the training normals).
+        final_map: **[choice, project]** ``M^f`` of the ``full`` variant: ``mpf``, the
+            segmentation network's output (Eq. 9, the paper), or ``mpf_vision``, its mean
+            with the vision map squashed to [0, 1] by its statistics on the training
+            normals, ``(M^f + sigmoid((M^v - mu_v) / sigma_v)) / 2``: a late fusion that
+            keeps the localisation of ``M^v`` when the segmentation network, trained on
+            synthetic anomalies only, ends below it (the training chapter measures this).
     """
 
     variant: str = "full"
@@ -59,8 +66,12 @@ class ModelConfig:
     mpf: MPFConfig = field(default_factory=MPFConfig)
     seg_weight: float = 1.0
     ate_aie_fusion: str = "range"
+    final_map: str = "mpf"
 
     def __post_init__(self) -> None:
+        if self.final_map not in FINAL_MAPS:
+            raise ValueError(f"ModelConfig.final_map must be one of {', '.join(FINAL_MAPS)}, "
+                             f"got {self.final_map!r}")
         if self.ate_aie_fusion not in ATE_AIE_FUSIONS:
             raise ValueError(f"ModelConfig.ate_aie_fusion must be one of {', '.join(ATE_AIE_FUSIONS)}, "
                              f"got {self.ate_aie_fusion!r}")
@@ -149,6 +160,8 @@ class VTFusion(nn.Module):
             if "fused" in fused:
                 out["fused"] = fused["fused"]
             out["final"] = fused["final"]
+            if self.cfg.final_map == "mpf_vision":
+                out["final"] = 0.5 * (out["final"] + self.squashed_vision(out["vision"], out_size))
         else:
             grid_map = out["text"] / levels
             if self.uses_vision:
@@ -164,18 +177,28 @@ class VTFusion(nn.Module):
         t_mean, t_std, v_mean, v_std = self.map_stats
         return 0.5 * ((text - t_mean) / t_std + (vision - v_mean) / v_std)
 
+    def squashed_vision(self, vision: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """``sigmoid((M^v - mu_v) / sigma_v)`` upsampled to ``out_size`` (``final_map="mpf_vision"``)."""
+        _, _, v_mean, v_std = self.map_stats
+        up = F.interpolate(vision, size=out_size, mode="bilinear", align_corners=False)
+        return torch.sigmoid((up - v_mean) / v_std)
+
     @torch.no_grad()
     def calibrate(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> None:
         """Store the mean and std of ``M^t / L`` and ``M^v`` over normal images' AIE features.
 
-        Called at the end of training on the shots (leave-one-out vision maps when
-        ``exclude`` is given); ``ate_aie_fusion="standardised"`` divides by them.
+        Called at the end of training on the shots, with leave-one-out vision maps
+        (``exclude``) whenever k >= 2, as a shot's distance to a bank that holds it is not
+        what a new normal image gets; ``ate_aie_fusion="standardised"`` and
+        ``final_map="mpf_vision"`` read them. With k = 1 the vision statistics come from
+        the shot's own (too small) distances, with ``sigma_v`` at least 5% of ``D_max``.
         """
         text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
         stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
         if self.uses_vision:
             vision = self.bank(features, exclude)
-            stats += [vision.mean(), vision.std(unbiased=False).clamp_min(1e-6)]
+            floor = 1e-6 if exclude is not None else 0.05 * self.max_distance
+            stats += [vision.mean(), vision.std(unbiased=False).clamp_min(floor)]
         else:
             stats += [torch.tensor(0.0), torch.tensor(1.0)]
         self.map_stats.copy_(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in stats]))

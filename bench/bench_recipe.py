@@ -1,0 +1,121 @@
+"""VTFusion against the training-free patch-kNN on the same frozen tokens: paper recipe vs project recipe.
+
+Parts (``--parts``), each a grid of cells through the package's cached, resumable runners:
+
+* ``toy``: every toy category, k = 1, 2, 4, 8, seeds 0-2, the quick schedule, on each
+  ``--backbones`` (``tiny`` random, ``pocket``): rows patch-kNN, VTFusion with the paper's
+  literal recipe, VTFusion with the project's recipe (chosen on validation);
+* ``real``: ``../shared/datasets/real_ad`` tire and magnetic_tile, k = 2, 4, seed 0, the
+  random ViT-B-16-plus-240 (300 iterations): the same three rows;
+* ``claims``: the paper's other claims on our implementation, toy test split, k = 2,
+  seeds 0-2, project recipe: Table II (``ate`` < ``ate_aie`` < ``full``), Table III (each DAS
+  type alone < all types), and fusion against direct concatenation (Fig. 7).
+
+    .venv/bin/python bench/bench_recipe.py --parts toy claims --backbones tiny pocket
+    .venv/bin/python bench/bench_recipe.py --parts real
+
+Prints tables (mean +- std over seeds, %) and writes ``runs/bench/recipe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import Row, environment, grid_table, run_grid  # noqa: E402
+
+from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
+from vtfusion.io import atomic_write_json  # noqa: E402
+from vtfusion.recipes import apply_recipe  # noqa: E402
+
+BACKBONES = {
+    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
+    # layers chosen on the toy validation split by bench/choose_layers.py
+    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
+    "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
+}
+
+
+def backbone_config(name: str) -> BackboneConfig:
+    return BACKBONES[name]
+
+
+def configs(backbone: BackboneConfig, iterations: int):
+    base = get_profile("quick")
+    base = base.replace(backbone=backbone, train=dataclasses.replace(base.train, iterations=iterations))
+    return apply_recipe(base, "paper"), apply_recipe(base, "project")
+
+
+def recipe_rows(backbone: str, iterations: int) -> list[Row]:
+    paper, project = configs(backbone_config(backbone), iterations)
+    return [Row(f"patch_knn/{backbone}", "patch_knn", project),
+            Row(f"vtfusion-paper/{backbone}", "vtfusion", paper),
+            Row(f"vtfusion-project/{backbone}", "vtfusion", project)]
+
+
+def claim_rows(backbone: str, iterations: int) -> list[Row]:
+    _, project = configs(backbone_config(backbone), iterations)
+    rows = [Row(f"{v}/{backbone}", "vtfusion", project.replace(model=dataclasses.replace(project.model, variant=v)))
+            for v in ("ate", "ate_aie", "full")]
+    rows += [Row(f"das-{t}/{backbone}", "vtfusion", project.replace(das=project.das.only(t)))
+             for t in ("misplaced", "blurry", "crack", "noise")]
+    concat = dataclasses.replace(project.model, mpf=dataclasses.replace(project.model.mpf, fusion="concat"))
+    rows.append(Row(f"concat/{backbone}", "vtfusion", project.replace(model=concat)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", nargs="+", default=["toy", "claims"], choices=("toy", "real", "claims"))
+    p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"], choices=("tiny", "pocket"))
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", type=Path, default=Path("runs/bench/recipe/results"))
+    p.add_argument("--runs", type=Path, default=Path("runs/bench/recipe/runs"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench/recipe.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "parts": {}}
+    if args.out.is_file():  # parts run separately accumulate in one file
+        import json
+
+        record["parts"] = json.loads(args.out.read_text()).get("parts", {})
+    toy = tuple(dataset_categories("toy"))
+    grid = dict(results_root=args.results, runs_root=args.runs)
+    start = time.perf_counter()
+    for part in args.parts:
+        if part == "toy":
+            for bb in args.backbones:
+                print(f"\n== toy, {bb}: k {args.shots}, seeds {args.seeds}", flush=True)
+                s = run_grid(recipe_rows(bb, args.iterations), "toy", toy, tuple(args.shots), tuple(args.seeds), **grid)
+                print(grid_table(s))
+                record["parts"][f"toy/{bb}"] = s
+        elif part == "real":
+            for cat in ("tire", "magnetic_tile"):
+                print(f"\n== real_ad {cat}, random ViT-B-16-plus-240", flush=True)
+                s = run_grid(recipe_rows("vitb_random", args.iterations), "real_ad", (cat,), (2, 4), (0,), **grid)
+                print(grid_table(s))
+                record["parts"][f"real/{cat}"] = s
+        else:
+            for bb in args.backbones:
+                print(f"\n== claims, {bb}: k 2, seeds {args.seeds}", flush=True)
+                s = run_grid(claim_rows(bb, args.iterations), "toy", toy, (2,), tuple(args.seeds), **grid)
+                print(grid_table([r for r in s if r["k"] == "all"]))
+                record["parts"][f"claims/{bb}"] = s
+        record["seconds"] = time.perf_counter() - start
+        atomic_write_json(args.out, record)
+    print(f"\nwrote {args.out} ({(time.perf_counter() - start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The pocket CLIP: its world is deterministic and disjoint from the benchmark; pre-training
+learns and resumes; the released weights load, match their checksum and their model card."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vtfusion.data.categories import TOY
+from vtfusion.pocket import world
+from vtfusion.pocket.captions import caption_statistics, location
+from vtfusion.pocket.model import RELEASES, release_paths, sha256_of
+from vtfusion.pocket.world import DEFECTS, FAMILIES, HELD_OUT_FAMILIES, TRAIN_FAMILIES, apply_defect, sample_batch
+
+PACKAGE = Path(world.__file__).resolve().parents[1]
+
+
+def test_world_is_deterministic_and_order_independent():
+    a = sample_batch(3, 7, 8)
+    b = sample_batch(3, 7, 8)
+    assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks) and a.captions == b.captions
+    sample_batch(3, 6, 8)  # drawing another batch first changes nothing
+    c = sample_batch(3, 7, 8)
+    assert torch.equal(a.images, c.images)
+    d = sample_batch(3, 8, 8)
+    assert not torch.equal(a.images, d.images)
+    assert a.images.shape == (8, 3, 240, 240) and a.images.min() >= 0 and a.images.max() <= 1
+
+
+def test_world_size_and_mix():
+    assert len(FAMILIES) >= 12 and len(DEFECTS) >= 8
+    assert set(HELD_OUT_FAMILIES).isdisjoint(TRAIN_FAMILIES)
+    batch = sample_batch(0, 0, 64, families=tuple(FAMILIES))
+    clean = sum(not d for d in batch.defects)
+    assert 16 <= clean <= 48, "about half of the images are defect-free"
+    for defects, mask, text in zip(batch.defects, batch.masks, batch.captions):
+        assert bool(mask.any()) == bool(defects)
+        assert len(defects) <= 3 and text.endswith(".")
+
+
+@pytest.mark.parametrize("kind", sorted(DEFECTS))
+def test_each_defect_marks_exactly_the_pixels_it_changed(kind):
+    drawn = FAMILIES["plastic_sheet"].render(torch.Generator().manual_seed(1), 3)
+    out, mask = apply_defect(kind, torch.Generator().manual_seed(2), drawn.images, drawn.foreground,
+                             drawn.background)
+    changed = (out != drawn.images).any(dim=1, keepdim=True)
+    assert torch.equal(changed, mask), "outside the mask every pixel is the input's; inside, each changed"
+    assert mask.flatten(1).any(dim=1).all(), f"{kind} left an image unchanged"
+
+
+def test_world_is_disjoint_from_the_toy_benchmark_and_from_das():
+    toy_words = set(TOY) | {w for info in TOY.values() for w in info.object_name.split()} - {
+        "fabric", "metal", "surface", "circuit"}  # generic words a world may use; the toy objects may not
+    for fam in FAMILIES.values():
+        names = {fam.name, *fam.nouns, *fam.materials}
+        assert not any(w in toy_words for n in names for w in n.replace("_", " ").split()), fam.name
+    vocab = {w for c in sample_batch(0, 0, 64, families=tuple(FAMILIES)).captions
+             for w in c.lower().rstrip(".").replace(",", "").split()}
+    assert vocab.isdisjoint(toy_words), vocab & toy_words
+    for module in ("world.py", "captions.py", "pretrain.py", "model.py", "release.py"):
+        tree = ast.parse((PACKAGE / "pocket" / module).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(m.startswith(("vtfusion.das", "vtfusion.data.toy", "vtfusion.foreground")) for m in imported), \
+            (module, imported)
+
+
+def test_caption_grammar():
+    stats = caption_statistics(sample_batch(0, 1, 64).captions)
+    assert stats["vocabulary"] > 40 and stats["with_damage_words"] > 0 and stats["with_normal_state_words"] > 0
+    mask = torch.zeros(240, 240, dtype=torch.bool)
+    mask[10:30, 200:230] = True
+    assert location(mask) == "top right"
+    mask = torch.zeros(240, 240, dtype=torch.bool)
+    mask[110:130, 110:130] = True
+    assert location(mask) == "centre"
+
+
+def test_a_few_pretraining_steps_lower_the_loss(tmp_path, monkeypatch):
+    import vtfusion.pocket.pretrain as pretrain_module
+
+    cfg = pretrain_module.PretrainConfig(steps=5, batch_size=8, lr=5e-4, warmup=1, val_every=100, val_batches=1,
+                                         checkpoint_every=5, families=("plastic_sheet", "gear"))
+    fixed = sample_batch(0, 0, 8, families=cfg.families)  # one batch: a falling loss is learning, not easier data
+    monkeypatch.setattr(pretrain_module, "sample_batch",
+                        lambda seed, index, *a, **k: fixed if seed == cfg.seed else world.sample_batch(seed, index, *a, **k))
+    state = pretrain_module.pretrain(tmp_path / "run", cfg, progress=False)
+    losses = [h["loss"] for h in state.history]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "curves.json").is_file()
+    assert [v["step"] for v in state.validation] == [0, 5]
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import vtfusion.pocket.pretrain as pretrain_module
+    from vtfusion.pocket.pretrain import PretrainConfig, load_trained, pretrain
+
+    cfg = PretrainConfig(steps=4, batch_size=4, warmup=1, val_every=100, val_batches=1, checkpoint_every=2,
+                         families=("plastic_sheet",))
+    pretrain(tmp_path / "straight", cfg, progress=False)
+
+    def interrupt_at_step_3(seed, index, *a, **k):
+        if seed == cfg.seed and index == 3:
+            raise KeyboardInterrupt
+        return world.sample_batch(seed, index, *a, **k)
+
+    monkeypatch.setattr(pretrain_module, "sample_batch", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "resumed", cfg, progress=False)
+    monkeypatch.setattr(pretrain_module, "sample_batch", world.sample_batch)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["step"] == 2
+    resumed = pretrain(tmp_path / "resumed", cfg, progress=False)
+    assert resumed.step == 4
+    a, _ = load_trained(tmp_path / "straight")
+    b, _ = load_trained(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="another recipe"):  # a different recipe never mixes into a run
+        pretrain(tmp_path / "resumed", PretrainConfig(**{**cfg.__dict__, "lr": 1e-4}), progress=False)
+
+
+def _released():
+    weights, card = release_paths("pocket-v1")
+    if not weights.is_file():
+        pytest.fail(f"{weights} is missing: the released pocket CLIP weights are package data")
+    return weights, json.loads(card.read_text())
+
+
+def test_released_weights_match_their_checksum_and_size():
+    weights, card = _released()
+    assert "pocket-v1" in RELEASES
+    assert sha256_of(weights) == card["sha256"]
+    assert weights.stat().st_size <= 20e6, "fp16 weights of at most 20 MB"
+
+
+def test_released_model_reproduces_its_model_card():
+    from vtfusion.pocket.release import regression_check
+
+    _, card = _released()
+    got = regression_check()
+    assert got["accuracy"] == pytest.approx(card["guard"]["accuracy"], abs=1 / 64 + 1e-9)  # one image may flip
+    assert got["auroc"] == pytest.approx(card["guard"]["auroc"], abs=2e-3)
+
+
+def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
+    from vtfusion.pocket import model as pocket_model
+
+    weights, card = _released()
+    fake_dir = tmp_path / "weights"
+    fake_dir.mkdir()
+    (fake_dir / weights.name).write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
+    (fake_dir / weights.with_suffix(".json").name).write_text(json.dumps(card))
+    monkeypatch.setattr(pocket_model, "WEIGHTS_DIR", fake_dir)
+    with pytest.raises(pocket_model.PocketWeightsError, match="SHA-256"):
+        pocket_model.load_released("pocket-v1")

@@ -1,0 +1,297 @@
+"""Both readings of each training-recipe option, on small hand-checked examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from vtfusion.augment import AugmentConfig, augment_shots, shift_images
+from vtfusion.metrics import gaussian_smooth
+from vtfusion.model.mpf import MPFConfig, MultimodalPredictionFusion
+from vtfusion.model.prototypes import (PrototypeBank, PrototypeConfig, afs_loss, as_distance, build_prototypes,
+                                       nearest_prototype)
+from vtfusion.patch_knn import PatchKNN, PatchKNNConfig, greedy_coreset, patch_descriptors
+from vtfusion.train import deterministic_algorithms
+
+
+def one_hot_features(rows: list[list[int]], levels: int = 1, channels: int = 4) -> torch.Tensor:
+    """``k x L x c x 1 x N`` features whose location ``n`` of shot ``i`` is the unit vector ``e_{rows[i][n]}``."""
+    k, n = len(rows), len(rows[0])
+    f = torch.zeros(k, levels, channels, 1, n, dtype=torch.float64)
+    for i, row in enumerate(rows):
+        for j, c in enumerate(row):
+            f[i, :, c, 0, j] = 1.0
+    return f
+
+
+# --------------------------------------------------------------------------- Eq. 1: mean vs memory
+
+
+def test_mean_bank_averages_the_shots_memory_bank_keeps_every_patch():
+    shots = one_hot_features([[0, 1], [2, 1]])  # two shots, two locations
+    mean = build_prototypes(shots, bank="mean")
+    memory = build_prototypes(shots, bank="memory")
+    assert mean.shape == (2, 4) and memory.shape == (4, 4)
+    torch.testing.assert_close(mean[0], torch.tensor([0.5, 0, 0.5, 0], dtype=torch.float64))
+    # a test patch equal to shot 2's first patch: distance 0 to the memory, 0.5 to the mean prototype
+    query = one_hot_features([[2, 1]])
+    assert nearest_prototype(torch.eye(4, dtype=torch.float64)[[2]][None], memory)[0].item() == 0
+    assert nearest_prototype(torch.eye(4, dtype=torch.float64)[[2]][None], mean)[0].item() == pytest.approx(0.5)
+    bank = PrototypeBank(1, 4, (1, 2), PrototypeConfig(bank="memory"))
+    bank.build(shots.float())
+    assert bank.num_prototypes == 4 and bank(query.float()).abs().max() < 1e-6
+
+
+def test_memory_bank_survives_a_checkpoint_round_trip():
+    bank = PrototypeBank(1, 4, (1, 2), PrototypeConfig(bank="memory"))
+    bank.build(one_hot_features([[0, 1], [2, 1], [3, 3]]).float())
+    fresh = PrototypeBank(1, 4, (1, 2), PrototypeConfig(bank="memory"))
+    fresh.load_state_dict(bank.state_dict())
+    assert torch.equal(fresh.prototypes, bank.prototypes) and fresh.num_prototypes == 6
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def test_euclidean_distance_is_the_root_of_the_squared_one():
+    sq = torch.tensor([0.0, 0.25, 4.0])
+    torch.testing.assert_close(as_distance(sq, "squared"), sq)
+    torch.testing.assert_close(as_distance(sq, "euclidean"), torch.tensor([1e-6, 0.5, 2.0]))
+    x = torch.zeros(3, requires_grad=True)
+    as_distance(x, "euclidean").sum().backward()
+    assert torch.isfinite(x.grad).all(), "the root's gradient stays finite at zero distance"
+
+
+# --------------------------------------------------------------------------- leave-one-out
+
+
+def test_leave_one_out_compares_a_shot_with_the_other_shots_only():
+    shots = one_hot_features([[0, 1], [2, 3]])
+    for bank_kind, expected in (("memory", [2.0, 2.0]), ("mean", [2.0, 2.0])):
+        bank = PrototypeBank(1, 4, (1, 2), PrototypeConfig(bank=bank_kind))
+        bank.build(shots.float())
+        own, _ = bank.distances(shots[:1].float())
+        assert own.abs().max() < 1e-6 or bank_kind == "mean"
+        loo, _ = bank.distances(shots[:1].float(), exclude=torch.tensor([0]))
+        # shot 0's patches (e0, e1) against shot 1's (e2, e3): every squared distance is 2
+        torch.testing.assert_close(loo[0], torch.tensor(expected))
+    with pytest.raises(ValueError, match="at least 2 shots"):
+        single = PrototypeBank(1, 4, (1, 2))
+        single.build(shots[:1].float())
+        single.distances(shots[:1].float(), exclude=torch.tensor([0]))
+
+
+def test_leave_one_out_mean_bank_averages_the_remaining_shots():
+    shots = one_hot_features([[0], [1], [2]])
+    bank = PrototypeBank(1, 4, (1, 1), PrototypeConfig(bank="mean"))
+    bank.build(shots.float())
+    banks = bank.leave_one_out(torch.tensor([1]))
+    torch.testing.assert_close(banks[0, 0], torch.tensor([0.5, 0.0, 0.5, 0.0]))
+
+
+# --------------------------------------------------------------------------- Eq. 4 options
+
+
+def test_afs_over_m_neighbours_averages_the_hinges():
+    # distances to the 3 nearest prototypes 0.004, 0.02, 0.0: margin (0 + 0.1)^2 = 0.01
+    d = torch.tensor([[[0.004, 0.02, 0.0]]])
+    assert afs_loss(d, 0.0, 0.1).item() == pytest.approx((0.006 + 0.0 + 0.01) / 3)
+    assert afs_loss(d[..., :1], 0.0, 0.1).item() == pytest.approx(0.006)
+
+
+def test_relative_margin_follows_the_normal_distances():
+    shots = one_hot_features([[0, 1]])
+    normal = torch.zeros(1, 1, 4, 1, 2)
+    normal[0, 0, 0, 0, 0], normal[0, 0, 1, 0, 0] = 1.0, 1.0  # (1,1,0,0): squared distance 1 to e0
+    normal[0, 0, 1, 0, 1] = 1.0                               # e1: distance 0
+    abnormal = shots.float()
+    paper = PrototypeBank(1, 4, (1, 2), PrototypeConfig(radius=0.0, alpha=0.1))
+    rel = PrototypeBank(1, 4, (1, 2), PrototypeConfig(radius=0.0, alpha=0.1, afs_margin="relative",
+                                                       afs_margin_quantile=1.0, feature_norm="none"))
+    for b in (paper, rel):
+        b.build(shots.float())
+    masks = torch.ones(1, 1, 2, 2)
+    p = paper.losses(normal, abnormal, masks)
+    r = rel.losses(normal, abnormal, masks)
+    assert p["afs_margin"].item() == pytest.approx(0.01)
+    # relative: r = sqrt(max normal D) = 1, margin (1 + 0.1)^2; the abnormal features sit on prototypes (D = 0)
+    assert r["afs_margin"].item() == pytest.approx(1.21)
+    assert r["afs"].item() == pytest.approx(1.21) and r["afs_active"].item() == 1.0
+    assert p["nfc_active"].item() == pytest.approx(0.5)
+
+
+# --------------------------------------------------------------------------- Eq. 7 and the MPF
+
+
+def test_eq7_attention_reading_concatenates_the_attention_matrices():
+    torch.manual_seed(0)
+    mpf = MultimodalPredictionFusion(MPFConfig(fusion_input="attention"), grid_cells=9)
+    m_v, m_t = torch.rand(2, 1, 3, 3, requires_grad=True), torch.rand(2, 1, 3, 3)
+    out = mpf(m_v, m_t, (12, 12))
+    assert out["fused"].shape == (2, 1, 3, 3) and out["final"].shape == (2, 1, 12, 12)
+    assert mpf.fusion.g.body[0][0].in_channels == 18, "2 maps x N = 9 attention channels"
+    out["final"].sum().backward()
+    assert m_v.grad is not None and m_v.grad.abs().sum() > 0
+    attended = MultimodalPredictionFusion(MPFConfig(fusion_input="attended"))
+    assert attended.fusion.g.body[0][0].in_channels == 2 * MPFConfig().attn_dim
+    with pytest.raises(ValueError, match="grid"):
+        MultimodalPredictionFusion(MPFConfig(fusion_input="attention"))
+
+
+def test_vision_skip_makes_the_untrained_final_map_a_monotone_function_of_mv():
+    torch.manual_seed(0)
+    mpf = MultimodalPredictionFusion(MPFConfig(vision_skip=True)).eval()
+    m_v = torch.rand(4, 1, 5, 5)
+    m_t = torch.rand(4, 1, 5, 5)
+    logits = mpf(m_v, m_t, (5, 5))["logits"]
+    order_v = m_v.flatten().argsort()
+    assert torch.all(logits.flatten()[order_v].diff() >= -1e-6), "same order as M^v everywhere"
+    plain = MultimodalPredictionFusion(MPFConfig()).eval()
+    assert plain.vision_norm is None
+
+
+# --------------------------------------------------------------------------- evaluation and training switches
+
+
+def test_gaussian_smoothing_matches_scipy_and_is_off_at_zero():
+    x = torch.rand(2, 40, 50, dtype=torch.float64)
+    ref = np.stack([ndimage.gaussian_filter(m.numpy(), 4.0, mode="mirror", truncate=4.0) for m in x])
+    np.testing.assert_allclose(gaussian_smooth(x, 4.0).numpy(), ref, atol=1e-12)
+    assert gaussian_smooth(x, 0.0) is x
+    assert gaussian_smooth(x[:, None], 2.0).shape == (2, 1, 40, 50)
+
+
+def test_deterministic_switch_is_scoped():
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
+    with deterministic_algorithms(False):
+        assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_augmentation_is_light_deterministic_and_category_aware():
+    img = torch.rand(3, 3, 32, 32)
+    assert augment_shots(img, torch.Generator().manual_seed(0), AugmentConfig()) is img
+    cfg = AugmentConfig(kind="light", max_shift=4, brightness=0.0, contrast=0.0)
+    a = augment_shots(img, torch.Generator().manual_seed(1), cfg)
+    b = augment_shots(img, torch.Generator().manual_seed(1), cfg)
+    assert torch.equal(a, b) and not torch.equal(a, img)
+    shifted = shift_images(img[:1], torch.tensor([2]), torch.tensor([-3]))
+    torch.testing.assert_close(shifted[0, :, 2:, :-3], img[0, :, :-2, 3:])
+    light = AugmentConfig(kind="light", max_shift=0, brightness=0.05, contrast=0.05, flip_textures=True)
+    obj = augment_shots(img, torch.Generator().manual_seed(2), light, texture=False)
+    assert (obj - img).abs().max() < 0.2, "objects: only intensity changes, never a flip"
+
+
+def test_adaptor_learning_rate_and_warmup(backbone):
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.train import build_model, make_optimiser
+
+    cfg = quick_config(3)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, adaptor_lr_scale=0.1, warmup_iterations=4))
+    model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
+    optimiser, schedule = make_optimiser(model, cfg)
+    lrs = {g["name"]: g["lr"] for g in optimiser.param_groups}
+    assert lrs["aie_adaptor"] == pytest.approx(0.1 * lrs["aie"])
+    assert lrs["aie"] == pytest.approx(cfg.train.lr_aie / 4), "warm-up starts at 1/4 of the rate"
+    for _ in range(4):
+        optimiser.step()
+        schedule.step()
+    assert {g["name"]: g["lr"] for g in optimiser.param_groups}["aie"] == pytest.approx(cfg.train.lr_aie)
+
+
+# --------------------------------------------------------------------------- patch-kNN
+
+
+def test_patch_knn_matches_a_brute_force_loop():
+    torch.manual_seed(0)
+    shots = torch.randn(2, 2, 3, 3, 5)
+    test = torch.randn(2, 2, 3, 3, 5)
+    out = PatchKNN().fit(shots).predict_tokens(test, (3, 3))
+    memory = [torch.cat([torch.nn.functional.normalize(shots[i, lv, y, x], dim=0) for lv in range(2)]) / math.sqrt(2)
+              for i in range(2) for y in range(3) for x in range(3)]
+    for b in range(2):
+        for y in range(3):
+            for x in range(3):
+                q = torch.cat([torch.nn.functional.normalize(test[b, lv, y, x], dim=0) for lv in range(2)]) / math.sqrt(2)
+                best = min(float((q - m).norm()) for m in memory)
+                assert out["grid"][b, 0, y, x].item() == pytest.approx(best, abs=1e-5)
+        assert out["score"][b].item() == pytest.approx(out["final"][b].max().item())
+    assert patch_descriptors(shots).norm(dim=-1).sub(1).abs().max() < 1e-5
+
+
+def test_coreset_keeps_the_far_points_and_the_requested_share():
+    pts = torch.cat([torch.zeros(50, 3), torch.tensor([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])])
+    idx = greedy_coreset(pts, ratio=4 / 53, projection=0, seed=0)
+    assert len(idx) == 4 and {50, 51, 52} <= set(idx.tolist())
+    knn = PatchKNN(PatchKNNConfig(coreset_ratio=0.5)).fit(torch.randn(2, 1, 3, 3, 4))
+    assert knn.memory.shape[0] == 9
+
+
+# --------------------------------------------------------------------------- Table II's ate_aie fusion
+
+
+def test_ate_aie_fusion_by_range_or_by_training_statistics(backbone):
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.train import build_model
+
+    cfg = quick_config(1, variant="ate_aie")
+    text = torch.full((1, 1, 2, 2), 2.0)   # M^t / L with L = 4 levels: 0.5
+    vision = torch.full((1, 1, 2, 2), 0.2)
+    ranged = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
+    torch.testing.assert_close(ranged._combine(text / 4, vision), torch.full((1, 1, 2, 2), 0.5 * (0.5 + 0.2 / 4)))
+    std_cfg = cfg.replace(model=dataclasses.replace(cfg.model, ate_aie_fusion="standardised"))
+    standard = build_model(std_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
+    standard.map_stats.copy_(torch.tensor([0.4, 0.05, 0.1, 0.05]))  # as calibrate() would store them
+    torch.testing.assert_close(standard._combine(text / 4, vision), torch.full((1, 1, 2, 2), 0.5 * (2.0 + 2.0)))
+
+
+def test_final_map_mpf_vision_averages_mf_with_the_squashed_vision_map(backbone):
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.train import build_model
+
+    cfg = quick_config(1, final_map="mpf")
+    late = cfg.replace(model=dataclasses.replace(cfg.model, final_map="mpf_vision"))
+    torch.manual_seed(0)
+    plain_model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    torch.manual_seed(0)
+    late_model = build_model(late, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    shots = torch.rand(2, 3, 240, 240)
+    plain_model.build_prototypes(backbone(shots))
+    late_model.build_prototypes(backbone(shots))
+    late_model.map_stats.copy_(torch.tensor([0.0, 1.0, 0.3, 0.1]))
+    images = torch.rand(2, 3, 240, 240)
+    with torch.no_grad():
+        plain, both = plain_model(images), late_model(images)
+    torch.testing.assert_close(both["vision"], plain["vision"])
+    squashed = torch.sigmoid((torch.nn.functional.interpolate(plain["vision"], size=(240, 240), mode="bilinear",
+                                                              align_corners=False) - 0.3) / 0.1)
+    torch.testing.assert_close(both["final"], 0.5 * (plain["final"] + squashed))
+    with pytest.raises(ValueError, match="final_map"):
+        dataclasses.replace(cfg.model, final_map="late")
+
+
+def test_calibration_uses_leave_one_out_vision_statistics(backbone):
+    from helpers import quick_config
+    from vtfusion.train import build_model
+
+    model = build_model(quick_config(2), dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    tokens = backbone(torch.rand(2, 3, 240, 240))
+    model.build_prototypes(tokens)
+    with torch.no_grad():
+        features = model.aie(tokens)
+        model.calibrate(features, torch.arange(2))
+        expected = model.bank(features, torch.arange(2))
+    torch.testing.assert_close(model.map_stats[2], expected.mean())
+    assert model.map_stats[2] > model.bank(features).mean() + 1e-4, "own-bank distances are smaller"
