@@ -41,9 +41,11 @@ from vtfusion.viz import format_table  # noqa: E402
 STAGES: list[tuple[str, str, dict[str, dict]]] = [
     ("prototypes", "Eq. 1: average the shots per location, or keep every shot patch?",
      {"mean (Eq. 1)": {}, "memory": {"model.prototypes.bank": "memory"}}),
-    ("final map", "M^f: the segmentation network alone (Eq. 9), a learnt vision skip, or a late mean with M^v",
+    ("final map", "M^f: the segmentation network alone (Eq. 9), a learnt vision skip, or a late mean "
+                  "with M^v or with the raw-token nearest-neighbour map",
      {"phi alone": {}, "vision skip": {"model.mpf.vision_skip": True},
-      "mean with M^v": {"model.final_map": "mpf_vision"}}),
+      "mean with M^v": {"model.final_map": "mpf_vision"},
+      "mean with raw-token kNN": {"model.final_map": "mpf_knn"}}),
     ("AFS margin", "Eq. 4's margin (r + alpha)^2 = 0.01, or relative to the normal distances",
      {"paper margin": {},
       "relative, 3 neighbours": {"model.prototypes.afs_margin": "relative", "model.prototypes.afs_neighbours": 3}}),
@@ -55,7 +57,7 @@ STAGES: list[tuple[str, str, dict[str, dict]]] = [
 
 
 def base_config(backbone: str, iterations: int, layers: tuple[int, ...] | None):
-    cfg = get_profile("quick")
+    cfg = get_profile("quick", recipe="paper")  # stages start from the literal reading
     bb = cfg.backbone
     if backbone == "tiny":
         bb = dataclasses.replace(bb, arch="tiny", weights="random", layers=layers or (1, 2, 3, 4))

@@ -291,7 +291,45 @@ def test_calibration_uses_leave_one_out_vision_statistics(backbone):
     model.build_prototypes(tokens)
     with torch.no_grad():
         features = model.aie(tokens)
-        model.calibrate(features, torch.arange(2))
+        model.calibrate(features, torch.arange(2), tokens=tokens)
         expected = model.bank(features, torch.arange(2))
     torch.testing.assert_close(model.map_stats[2], expected.mean())
     assert model.map_stats[2] > model.bank(features).mean() + 1e-4, "own-bank distances are smaller"
+
+
+def test_final_map_mpf_knn_averages_mf_with_the_squashed_patch_knn_map(backbone):
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.train import build_model
+
+    cfg = quick_config(1, final_map="mpf")
+    knn_cfg = cfg.replace(model=dataclasses.replace(cfg.model, final_map="mpf_knn"))
+    torch.manual_seed(0)
+    plain_model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    torch.manual_seed(0)
+    knn_model = build_model(knn_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    shot_tokens = backbone(torch.rand(2, 3, 240, 240))
+    plain_model.build_prototypes(shot_tokens)
+    knn_model.build_prototypes(shot_tokens)
+    with torch.no_grad():
+        knn_model.calibrate(knn_model.aie(shot_tokens), torch.arange(2), tokens=shot_tokens)
+    tokens = backbone(torch.rand(2, 3, 240, 240))
+    with torch.no_grad():
+        plain, both = plain_model.forward_tokens(tokens, (240, 240)), knn_model.forward_tokens(tokens, (240, 240))
+    # the raw-token map is the training-free reference's, squared
+    reference = PatchKNN().fit(shot_tokens).predict_tokens(tokens, (240, 240))["grid"]
+    torch.testing.assert_close(both["knn"], reference ** 2, atol=1e-5, rtol=1e-4)
+    mean, std = knn_model.knn_stats
+    assert std > 0 and not torch.equal(knn_model.knn_stats, torch.tensor([0.0, 1.0]))
+    squashed = torch.sigmoid((torch.nn.functional.interpolate(both["knn"], size=(240, 240), mode="bilinear",
+                                                              align_corners=False) - mean) / std)
+    torch.testing.assert_close(both["final"], 0.5 * (plain["final"] + squashed))
+    with pytest.raises(ValueError, match="tokens"):
+        knn_model.maps_from_features(knn_model.aie(tokens), (240, 240))
+    # the shot tokens travel with the checkpoint: a fresh model loads the same maps
+    torch.manual_seed(1)
+    restored = build_model(knn_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    restored.load_state_dict(knn_model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(restored.forward_tokens(tokens, (240, 240))["final"], both["final"])

@@ -12,9 +12,12 @@ A *recipe* is a named set of overrides of those defaults, as dotted paths into a
     split (``bench/recipe_selection.py``; its committed record is
     ``vtfusion/resources/recipe_selection.json``, which the recipe chapter prints):
     every shot patch as a prototype (``PrototypeConfig.bank="memory"``) instead of
-    Eq. 1's per-location mean, and ``M^f`` averaged with the squashed vision map
-    (``ModelConfig.final_map="mpf_vision"``). Each departure from the paper is a switch
-    of the config, documented where it is defined.
+    Eq. 1's per-location mean; ``M^f`` averaged with the squashed nearest-neighbour map
+    of the frozen backbone tokens (``ModelConfig.final_map="mpf_knn"``); and Eq. 4's
+    margin set relative to the normal distances and averaged over the 3 nearest
+    prototypes (``PrototypeConfig.afs_margin="relative"``, ``afs_neighbours=3``, as
+    PCSNet). Each departure from the paper is a switch of the config, documented where
+    it is defined.
 
 The profiles use ``project`` (:func:`vtfusion.config.get_profile`), and every run can be
 redone with ``paper`` (``--recipe paper`` on the command line). This module imports no
@@ -35,7 +38,9 @@ SELECTION_RESOURCE = "recipe_selection.json"
 #: the toy validation split by ``bench/recipe_selection.py`` (see :func:`recipe_selection`).
 PROJECT_OVERRIDES: dict[str, Any] = {
     "model.prototypes.bank": "memory",  # every shot patch, not Eq. 1's per-location mean
-    "model.final_map": "mpf_vision",    # M^f averaged with the squashed vision map
+    "model.final_map": "mpf_knn",       # M^f averaged with the squashed raw-token kNN map
+    "model.prototypes.afs_margin": "relative",  # Eq. 4's margin from the normal distances
+    "model.prototypes.afs_neighbours": 3,       # ... over the 3 nearest prototypes
 }
 
 

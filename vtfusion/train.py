@@ -157,7 +157,8 @@ def training_step(model: VTFusion, optimiser: torch.optim.Optimizer, normal_toke
             model.bank.build(features[:k].detach())
         losses = model.bank.losses(features[:k], features[k:], abnormal_masks, exclude, exclude)
     both = None if exclude is None else torch.cat([exclude, exclude])
-    maps = model.maps_from_features(features, size, exclude=both)
+    maps = model.maps_from_features(features, size, exclude=both,
+                                    tokens=torch.cat([normal_tokens, abnormal_tokens]))
     target = torch.cat([torch.zeros_like(abnormal_masks), abnormal_masks])
     losses["seg"] = segmentation_loss(maps["final"], target)
     total = losses.get("nfc", 0.0) + losses.get("afs", 0.0) + seg_weight * losses["seg"]
@@ -267,7 +268,8 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
         model.eval()
         with torch.no_grad():
             # leave-one-out statistics whenever possible (see VTFusion.calibrate)
-            model.calibrate(model.aie(shot_tokens), torch.arange(k, device=device) if k >= 2 else None)
+            model.calibrate(model.aie(shot_tokens), torch.arange(k, device=device) if k >= 2 else None,
+                            tokens=shot_tokens)
         if monitor is not None:
             result.monitor.append(_run_monitor(model, monitor, tc.iterations))
     if bar is not None:

@@ -36,7 +36,7 @@ from vtfusion.model.prototypes import PrototypeBank, PrototypeConfig
 
 VARIANTS = ("ate", "ate_aie", "full")
 ATE_AIE_FUSIONS = ("range", "standardised")
-FINAL_MAPS = ("mpf", "mpf_vision")
+FINAL_MAPS = ("mpf", "mpf_vision", "mpf_knn")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,12 @@ class ModelConfig:
             with the vision map squashed to [0, 1] by its statistics on the training
             normals, ``(M^f + sigmoid((M^v - mu_v) / sigma_v)) / 2``: a late fusion that
             keeps the localisation of ``M^v`` when the segmentation network, trained on
-            synthetic anomalies only, ends below it (the training chapter measures this).
+            synthetic anomalies only, ends below it (the training chapter measures this);
+            or ``mpf_knn``, the same mean with the squashed nearest-neighbour distance of
+            the *frozen backbone tokens* to every shot token (the training-free patch-kNN
+            map, :mod:`vtfusion.patch_knn`), ``(M^f + sigmoid((M^knn - mu) / sigma)) / 2``:
+            the projection into the joint space (``ln_post`` + ``proj``, the AIE's start)
+            costs localisation that the raw tokens keep, so this term skips it.
     """
 
     variant: str = "full"
@@ -82,6 +87,18 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.seg_weight (lambda of Eq. 10) must be >= 0, got {self.seg_weight}")
 
 
+def tokens_as_features(tokens: torch.Tensor) -> torch.Tensor:
+    """Backbone tokens in the AIE features' layout: ``B x L x h x w x D`` -> ``B x L x D x h x w``."""
+    return tokens.permute(0, 1, 4, 2, 3)
+
+
+def squash(grid_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+           out_size: tuple[int, int]) -> torch.Tensor:
+    """``sigmoid((M - mean) / std)`` of a ``B x 1 x h x w`` map, upsampled to ``out_size``."""
+    up = F.interpolate(grid_map, size=out_size, mode="bilinear", align_corners=False)
+    return torch.sigmoid((up - mean) / std)
+
+
 class VTFusion(nn.Module):
     """VTFusion on a frozen backbone.
 
@@ -105,6 +122,13 @@ class VTFusion(nn.Module):
         # mean and std of M^t / L and M^v on the training normals (calibrate()): ate_aie's
         # "standardised" fusion reads them.
         self.register_buffer("map_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        self.token_bank: PrototypeBank | None = None
+        if cfg.final_map == "mpf_knn" and self.mpf is not None:
+            # every shot token, per level L2-normalised: the patch-kNN map on raw tokens
+            self.token_bank = PrototypeBank(backbone.num_levels, backbone.width, grid,
+                                            PrototypeConfig(bank="memory"))
+            # mean and std of that map on the training normals (calibrate())
+            self.register_buffer("knn_stats", torch.tensor([0.0, 1.0]))
         if cfg.variant == "ate":
             self.aie.requires_grad_(False)  # Table II row 1: CLIP's own projection, no AIE training
 
@@ -138,6 +162,8 @@ class VTFusion(nn.Module):
         self.aie.eval()
         self.bank.build(self.aie(shot_tokens))
         self.aie.train(was_training)
+        if self.token_bank is not None:
+            self.token_bank.build(tokens_as_features(shot_tokens))
 
     # -- forward ---------------------------------------------------------------------------
     def text_features(self) -> torch.Tensor:
@@ -145,11 +171,14 @@ class VTFusion(nn.Module):
         return self.ate.text_features(self.object_name, self.backbone)
 
     def maps_from_features(self, features: torch.Tensor, out_size: tuple[int, int],
-                           exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                           exclude: torch.Tensor | None = None,
+                           tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All maps from AIE features ``B x L x c x h x w`` (see the module docstring).
 
         ``exclude``: optional ``B`` shot indices, for leave-one-out vision maps during
         training (:meth:`~vtfusion.model.prototypes.PrototypeBank.distances`).
+        ``tokens``: the backbone tokens the features came from (``B x L x h x w x D``);
+        needed by ``final_map="mpf_knn"``, which adds the map ``knn``.
         """
         levels = features.shape[1]
         out = {"text": text_map(features, self.text_features(), self.cfg.ate.logit_scale)}
@@ -162,6 +191,13 @@ class VTFusion(nn.Module):
             out["final"] = fused["final"]
             if self.cfg.final_map == "mpf_vision":
                 out["final"] = 0.5 * (out["final"] + self.squashed_vision(out["vision"], out_size))
+            elif self.token_bank is not None:
+                if tokens is None:
+                    raise ValueError("final_map='mpf_knn' needs the backbone tokens: "
+                                     "call maps_from_features(..., tokens=tokens)")
+                out["knn"] = self.token_bank(tokens_as_features(tokens), exclude)
+                squashed = squash(out["knn"], self.knn_stats[0], self.knn_stats[1], out_size)
+                out["final"] = 0.5 * (out["final"] + squashed)
         else:
             grid_map = out["text"] / levels
             if self.uses_vision:
@@ -180,11 +216,11 @@ class VTFusion(nn.Module):
     def squashed_vision(self, vision: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         """``sigmoid((M^v - mu_v) / sigma_v)`` upsampled to ``out_size`` (``final_map="mpf_vision"``)."""
         _, _, v_mean, v_std = self.map_stats
-        up = F.interpolate(vision, size=out_size, mode="bilinear", align_corners=False)
-        return torch.sigmoid((up - v_mean) / v_std)
+        return squash(vision, v_mean, v_std, out_size)
 
     @torch.no_grad()
-    def calibrate(self, features: torch.Tensor, exclude: torch.Tensor | None = None) -> None:
+    def calibrate(self, features: torch.Tensor, exclude: torch.Tensor | None = None,
+                  tokens: torch.Tensor | None = None) -> None:
         """Store the mean and std of ``M^t / L`` and ``M^v`` over normal images' AIE features.
 
         Called at the end of training on the shots, with leave-one-out vision maps
@@ -192,6 +228,8 @@ class VTFusion(nn.Module):
         what a new normal image gets; ``ate_aie_fusion="standardised"`` and
         ``final_map="mpf_vision"`` read them. With k = 1 the vision statistics come from
         the shot's own (too small) distances, with ``sigma_v`` at least 5% of ``D_max``.
+        ``final_map="mpf_knn"`` also needs the features' backbone ``tokens``, for the same
+        statistics of its raw-token map (``knn_stats``).
         """
         text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
         stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
@@ -202,6 +240,12 @@ class VTFusion(nn.Module):
         else:
             stats += [torch.tensor(0.0), torch.tensor(1.0)]
         self.map_stats.copy_(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in stats]))
+        if self.token_bank is not None:
+            if tokens is None:
+                raise ValueError("final_map='mpf_knn' needs the backbone tokens: calibrate(..., tokens=tokens)")
+            knn = self.token_bank(tokens_as_features(tokens), exclude)
+            floor = 1e-6 if exclude is not None else 0.05 * 4.0  # unit vectors: squared D <= 4
+            self.knn_stats.copy_(torch.stack([knn.mean(), knn.std(unbiased=False).clamp_min(floor)]).float())
 
     @property
     def max_distance(self) -> float:
@@ -212,7 +256,7 @@ class VTFusion(nn.Module):
 
     def forward_tokens(self, tokens: torch.Tensor, out_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Maps from precomputed backbone tokens (``B x L x h x w x D``): the cacheable path."""
-        return self.maps_from_features(self.aie(tokens), out_size)
+        return self.maps_from_features(self.aie(tokens), out_size, tokens=tokens)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``B x 3 x S x S`` images in [0, 1] -> maps and scores (module docstring)."""
