@@ -6,7 +6,7 @@ mode (grid, screw and zipper are 8-bit grayscale) and test-split counts:
 
 * ``<root>/pool/<category>/test/{good,defect}/NNN.png`` and
   ``ground_truth/defect/NNN_mask.png`` (one random ellipse per defective image), plus the
-  ``train/good`` images that the committed 2-shot lists of ``data/shots/mvtec`` name;
+  ``train/good`` images that the committed 2-shot lists of ``vtfusion/resources/shots/mvtec`` name;
 * ``<root>/view_<n>/<category>/...``: symbolic links to the first images of the pool, so
   a run with ``--max-test n`` sees exactly ``n`` test images per category (good and
   defective in MVTec's proportion, at least one of each), ``view_full`` all of them.

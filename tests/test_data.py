@@ -124,9 +124,9 @@ def test_defective_image_without_mask_is_an_error(tmp_path):
     root = make_mvtec_folder(tmp_path)
     (root / "widget" / "ground_truth" / "dent" / "000_mask.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"have no mask.*000_mask.png"):
-        MVTecDataset(root, "widget", "test")
-    ds = MVTecDataset(root, "widget", "test", require_masks=False)
-    assert ds[0]["mask"].sum() == 0
+        MVTecDataset(root, "widget", "test", require_masks=True)
+    ds = MVTecDataset(root, "widget", "test")  # default: image labels only, pixel metrics n/a
+    assert ds[0]["mask"].sum() == 0 and ds.pixel_metrics_unavailable
 
 
 def test_unknown_split_and_dataset():

@@ -77,9 +77,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if srv.cut_after is not None:  # one-shot: drop the connection after N body bytes
             body, srv.cut_after = body[:srv.cut_after], None
+        # recorded before writing: the client can finish reading before this thread runs on
+        entry["sent"] = len(body)
         self.wfile.write(body)
         self.wfile.flush()
-        entry["sent"] = len(body)
 
 
 class _FileServer(ThreadingHTTPServer):

@@ -163,8 +163,10 @@ def test_missing_cell_raises_helpful_keyerror():
         assert not str(err).startswith("'")  # prints as a sentence, not a quoted repr
 
 
-def test_missing_data_dir_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("VTFUSION_DATA_DIR", str(tmp_path))
+def test_tables_are_package_data_and_a_missing_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("VTFUSION_DATA_DIR", str(tmp_path))  # user data only: the tables ship in the package
+    assert pt.paper_value("I", "vtfusion", "mvtec", "image", k=2) == 96.8
+    monkeypatch.setattr(pt, "paper_tables_dir", lambda: tmp_path)
     with pytest.raises(FileNotFoundError, match="tables.csv"):
         pt.load_paper_cells()
     with pytest.raises(FileNotFoundError, match="tables.json"):

@@ -9,7 +9,7 @@ import pytest
 from vtfusion.data import load_shots, make_shot_list
 from vtfusion.data.categories import categories
 from vtfusion.data.shots import SHOT_KS, SHOT_SEEDS, generate_shot_lists, mvtec_pools, pools_for, shot_path
-from vtfusion.paths import shots_dir
+from vtfusion.paths import committed_shots_dir
 
 from test_data import make_mvtec_folder
 
@@ -76,7 +76,7 @@ def test_custom_folder_shots_and_validation(tmp_path):
                                   validate_root=root)
     assert [p.name for p in written] == ["k1_seed0.json", "k2_seed0.json"]
     # A committed list naming a file that is not in the folder is reported.
-    bad = shot_path("folder", "widget", 2, 0, tmp_path / "shots")
+    bad = shot_path("folder", "widget", 2, 0, tmp_path / "shots", root=root)
     data = json.loads(bad.read_text())
     data["files"][0] = "train/good/999.png"
     bad.write_text(json.dumps(data))
@@ -93,4 +93,4 @@ def test_real_ad_shot_lists_validate_against_the_folder(real_ad):
 
 
 def test_shot_files_live_where_documented():
-    assert (shots_dir() / "mvtec" / "bottle" / "k2_seed0.json").is_file()
+    assert (committed_shots_dir() / "mvtec" / "bottle" / "k2_seed0.json").is_file()

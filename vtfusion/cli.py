@@ -3,32 +3,198 @@
 Examples::
 
     vtfusion data toy                      # generate the toy dataset (data/toy)
-    vtfusion data shots --dataset mvtec    # write data/shots/mvtec/<category>/k<k>_seed<s>.json
+    vtfusion data shots --dataset mvtec    # write vtfusion/resources/shots/mvtec/<category>/k<k>_seed<s>.json
     vtfusion data download mvtec --root data/mvtec_ad
     vtfusion pocket pretrain --out runs/pocket  # pre-train the pocket CLIP (resumable)
     vtfusion pocket release --run runs/pocket   # package its weights and model card
+
+Errors are one line, ``error: <what> (<option or file>); <how to fix>``, with exit code 2;
+``--debug`` (or ``VTFUSION_DEBUG=1``) also prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 from vtfusion import __version__
 
+DEBUG_ENV = "VTFUSION_DEBUG"
+SEED_LIMIT = 2**31
+"""Seeds must be in ``[0, SEED_LIMIT)``: every generator the project seeds accepts them."""
+DATASET_NAMES = ("toy", "mvtec", "visa", "real_ad", "folder")
+PAPER_DATASETS = ("mvtec", "visa")
+
+
+# --- errors and argument checks ----------------------------------------------------------
+
+class CLIError(Exception):
+    """A mistake on the command line: printed as ``error: <what> (<where>); <fix>``, exit code 2."""
+
+    def __init__(self, what: str, where: str, fix: str) -> None:
+        super().__init__(f"{what} ({where}); {fix}")
+        self.what, self.where, self.fix = what, where, fix
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """The allowed values ``low <= v < high`` of an integer option (one value or a list)."""
+
+    dest: str
+    option: str
+    low: int
+    high: int | None
+    fix: str
+
+
+INT_RANGES = (
+    IntRange("shots", "--shots", 1, None, "k is the number of normal training images: give 1 or more"),
+    IntRange("k", "--k", 1, None, "give shot counts of 1 or more"),
+    IntRange("iterations", "--iterations", 1, None, "give 1 or more training iterations"),
+    IntRange("steps", "--steps", 1, None, "give 1 or more optimiser steps"),
+    IntRange("threads", "--threads", 1, None, "give 1 or more threads"),
+    IntRange("layers", "--layers", 1, None, "blocks are numbered from 1"),
+    IntRange("seed", "--seed", 0, SEED_LIMIT, f"give a seed from 0 to {SEED_LIMIT - 1}"),
+    IntRange("seeds", "--seeds", 0, SEED_LIMIT, f"give seeds from 0 to {SEED_LIMIT - 1}"),
+)
+"""Every integer option of every command, by its ``dest``: checked by :func:`validate_args`."""
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """The one check of a parsed command line, before any work starts; raises :class:`CLIError`.
+
+    Integer ranges (:data:`INT_RANGES`), the dataset and its ``--root``, the input files a
+    command declares (``set_defaults(inputs=...)``) and that every output location it declares
+    (``set_defaults(outputs=...)``) is, or can be created as, a folder this process may write to.
+    """
+    for rule in INT_RANGES:
+        _check_range(args, rule)
+    _check_dataset_options(args)
+    for dest in getattr(args, "inputs", ()):
+        for path in _as_list(getattr(args, dest, None)):
+            check_input_file(Path(path), "--" + dest if dest != "images" else "image")
+    for dest in getattr(args, "outputs", ()):
+        if getattr(args, dest, None) is not None:
+            check_output_folder(Path(getattr(args, dest)), "--" + dest)
+
+
+def _as_list(value: Any) -> list:
+    """``None`` -> ``[]``, a list stays, anything else becomes a one-element list."""
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_range(args: argparse.Namespace, rule: IntRange) -> None:
+    """Raise :class:`CLIError` when a value of the option ``rule.dest`` is out of its range."""
+    for value in _as_list(getattr(args, rule.dest, None)):
+        if value < rule.low or (rule.high is not None and value >= rule.high):
+            bound = f"at least {rule.low}" if rule.high is None else f"from {rule.low} to {rule.high - 1}"
+            raise CLIError(f"{rule.dest} must be {bound}, got {value}", rule.option, rule.fix)
+
+
+def _check_dataset_options(args: argparse.Namespace) -> None:
+    """A known ``--dataset``; ``folder`` needs ``--root`` (and ``--categories`` where they default)."""
+    dataset = getattr(args, "dataset", None)
+    if dataset is None:
+        return
+    if dataset not in DATASET_NAMES:
+        raise CLIError(f"unknown dataset {dataset!r}", "--dataset", f"use one of {', '.join(DATASET_NAMES)}")
+    if dataset == "folder" and getattr(args, "root", None) is None:
+        raise CLIError("the folder dataset needs its location", "--root",
+                       "give --root <folder in MVTec layout: <root>/<category>/train/good/...>")
+    if dataset == "folder" and hasattr(args, "categories") and not args.categories:
+        raise CLIError("a folder dataset has no list of categories to run", "--categories",
+                       "name the category folders to run with --categories")
+
+
+def check_categories(dataset: str, names: list[str], option: str) -> None:
+    """Raise :class:`CLIError` when a category is not one of a known dataset's."""
+    from vtfusion.data.categories import DATASETS
+
+    known = DATASETS.get(dataset)
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise CLIError(f"unknown category {unknown[0]!r} of dataset {dataset}", option,
+                       f"choose from {', '.join(known)}")
+
+
+def check_input_file(path: Path, option: str) -> None:
+    """Raise :class:`CLIError` unless ``path`` is an existing file."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "not found"
+        raise CLIError(f"{path} {what}", option, "give the path of an existing file")
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Raise :class:`CLIError` unless ``path`` is, or can be created as, a folder we may write to.
+
+    Checked before any work, so a long run never fails only when it saves.
+    """
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"output location {path} is a file, not a folder", option,
+                       "give a folder (it is created if missing) or move the file away")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"cannot create folder {path}: {existing} is a file", option, "choose another location")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"no permission to write in {existing}", option,
+                       "choose a folder you can write to, or change its permissions")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a user's mistake or an unusable file (printed in one line), not a bug.
+
+    The project's own error classes are taken from ``sys.modules``: one whose module was never
+    imported cannot have been raised, and this keeps ``vtfusion --help`` light.
+    """
+    types: list[type[BaseException]] = [CLIError, ValueError, OSError]  # OSError: files, ImageReadError
+    for module, name in (("PIL.Image", "DecompressionBombError"), ("vtfusion.data.download", "DownloadError"),
+                         ("vtfusion.pocket.model", "PocketWeightsError"), ("vtfusion.paper_tables", "PaperCellNotFound"),
+                         ("torch.cuda", "OutOfMemoryError")):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            types.append(cls)
+    return tuple(types)
+
+
+_OS_FIXES = ((PermissionError, "choose a location you can write to, or change its permissions"),
+             (FileNotFoundError, "check the path"),
+             (IsADirectoryError, "give a file, not a folder"),
+             (NotADirectoryError, "a part of the path is a file, not a folder: choose another path"))
+
+
+def format_error(err: BaseException) -> str:
+    """``error: <what> (<option or file>); <how to fix>`` on one line."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        fix = next((f for cls, f in _OS_FIXES if isinstance(err, cls)), "check the file")
+        text = f"{err.strerror} ({err.filename}); {fix}"
+    elif isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    return "error: " + " ".join(text.split())
+
+
+def debug_requested(args: argparse.Namespace | None) -> bool:
+    """``--debug`` was given or ``$VTFUSION_DEBUG`` is set to something other than 0/false/no."""
+    env = os.environ.get(DEBUG_ENV, "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no")
+
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from vtfusion.data.download import DownloadError, download_dataset
+    from vtfusion.data.download import download_dataset
     from vtfusion.data.datasets import dataset_root
 
     root = dataset_root(args.name, args.root)
-    try:
-        out = download_dataset(args.name, root, force=args.force, progress=not args.quiet)
-    except DownloadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = download_dataset(args.name, root, force=args.force, progress=not args.quiet)  # DownloadError: main()
     print(f"{args.name} is ready in {out}")
     return 0
 
@@ -48,19 +214,17 @@ def _cmd_shots(args: argparse.Namespace) -> int:
 
     datasets = ["mvtec", "visa", "toy", "real_ad"] if args.all else [args.dataset]
     if not args.all and args.dataset is None:
-        print("error: give --dataset NAME or --all", file=sys.stderr)
-        return 2
+        raise CLIError("no dataset chosen", "--dataset", "give --dataset NAME or --all")
     for name in datasets:
         start = time.perf_counter()
         try:
             written = generate_shot_lists(name, root=args.root, ks=args.k or SHOT_KS, seeds=args.seeds or SHOT_SEEDS,
                                           base=args.out, validate_root=args.validate)
         except FileNotFoundError as err:
-            if args.all:
-                print(f"skipped {name}: {err}")
-                continue
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            if not args.all:
+                raise
+            print(f"skipped {name}: {err}")
+            continue
         print(f"{name}: wrote {len(written)} shot lists in {time.perf_counter() - start:.2f}s"
               + (f" under {Path(written[0]).parents[2]}" if written else ""))
     return 0
@@ -100,8 +264,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _experiment_config(args)
     dataset = args.dataset or cfg.data.dataset
-    k = args.shots or cfg.data.shots
-    print(describe(cfg))
+    k = cfg.data.shots if args.shots is None else args.shots  # not `or`: --shots 0 is an error, not "default"
+    print(describe(cfg, dataset=dataset, shots=k))
     model, info = train_or_load(cfg, dataset, args.category, k, args.seed, root=args.out, data_root=args.root,
                                 progress=not args.quiet)
     if info["loaded"]:
@@ -127,12 +291,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         dataset = args.dataset or extra.get("dataset")
         category = args.category or extra.get("category")
         if not dataset or not category:
-            print("error: give image files, or --dataset and --category", file=sys.stderr)
-            return 2
+            raise CLIError("nothing to score", "images, --dataset, --category",
+                           "give image files, or --dataset and --category")
         split = load_dataset(dataset, category, args.split, args.root, None)
         files = [r.image for r in split.records]
     table = predict_files(model, files, args.out, image_size=cfg.data.image_size)
-    print(f"scored {len(files)} image(s): maps, overlays and {table}")
+    print(f"scored {len(files)} image(s): maps/<name>.npy, overlays/<name>.png and {table} "
+          "(path, name, image score)")
     return 0
 
 
@@ -141,37 +306,48 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     from vtfusion import paths
     from vtfusion.config import describe
-    from vtfusion.reproduce import format_rows, reproduce, run_dataset_for, write_summary
+    from vtfusion.reproduce import default_shots, format_rows, reproduce, write_summary
 
     cfg = _experiment_config(args)
-    dataset = run_dataset_for(cfg, args.dataset)
-    if args.dataset != dataset:
-        print(f"note: the quick profile runs on the {dataset} data; its table is printed beside the paper's "
-              f"{args.dataset} values as a reference, not a comparison")
+    dataset, paper_dataset = reproduce_datasets(cfg, args.dataset)
+    shots = tuple(args.shots) if args.shots else default_shots(args.table)
+    if dataset != paper_dataset:
+        print(f"note: this runs on the {dataset} data; its table is printed beside the paper's "
+              f"{paper_dataset} values as a reference, not a comparison")
     if args.categories:
+        check_categories(dataset, args.categories, "--categories")
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, categories=tuple(args.categories)))
-    print(describe(cfg))
-    rows = reproduce(args.table, cfg, dataset, shots=tuple(args.shots) if args.shots else None,
+    print(describe(cfg, dataset=dataset, shots=shots))
+    rows = reproduce(args.table, cfg, dataset, shots=shots,
                      seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
-                     runs_root=args.runs, data_root=args.root,
-                     paper_dataset=args.dataset if args.dataset in ("mvtec", "visa") else None,
+                     runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
                      progress=not args.quiet)
     print(format_rows(rows))
-    out = Path(args.results or paths.PROJECT_ROOT / "results") / cfg.profile
+    out = Path(args.results or paths.results_dir()) / cfg.profile
     json_path, csv_path = write_summary(rows, out)
     print(f"wrote {csv_path} and {json_path}")
     return 0
+
+
+def reproduce_datasets(cfg, requested: str | None) -> tuple[str, str]:
+    """``(the dataset that runs, the dataset of the paper column)`` of ``vtfusion reproduce``.
+
+    An explicit ``--dataset`` always runs (whatever the profile). Without one the profile
+    decides: the paper profile runs MVTec AD, the quick profile its own (toy) data, printed
+    beside MVTec AD's paper values as a reference.
+    """
+    from vtfusion.reproduce import run_dataset_for
+
+    if requested is None:
+        return run_dataset_for(cfg, "mvtec"), "mvtec"
+    return requested, requested if requested in PAPER_DATASETS else "mvtec"
 
 
 def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
     from vtfusion.pocket.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads)
-    try:
-        state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
     last = state.validation[-1]
     print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
           f"AUROC {last['held_out_auroc']:.3f}, accuracy {last['held_out_accuracy']:.3f}; checkpoint in {args.out}")
@@ -184,6 +360,40 @@ def _cmd_pocket_release(args: argparse.Namespace) -> int:
     weights, card = release(args.run, args.name, machine=args.machine)
     print(f"released {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB) with model card {card}")
     return 0
+
+
+def _cmd_results_ls(args: argparse.Namespace) -> int:
+    from vtfusion import paths
+    from vtfusion.results import format_listing, list_results
+
+    root = args.results or paths.results_dir()
+    print(format_listing(list_results(root), root))
+    return 0
+
+
+@contextlib.contextmanager
+def require_masks_scope(enabled: bool) -> Iterator[None]:
+    """``--require-masks`` for the duration of one command: ``$VTFUSION_REQUIRE_MASKS``, read
+    by every dataset the command opens, is set and then restored (in-process callers of
+    :func:`main` do not inherit it)."""
+    from vtfusion.data.datasets import REQUIRE_MASKS_ENV
+
+    before = os.environ.get(REQUIRE_MASKS_ENV)
+    if enabled:
+        os.environ[REQUIRE_MASKS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(REQUIRE_MASKS_ENV, None)
+        else:
+            os.environ[REQUIRE_MASKS_ENV] = before
+
+
+def _add_require_masks_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--require-masks", action="store_true",
+                   help="a defective test image without a ground-truth mask is an error (default: data with "
+                        "image labels only is evaluated on image metrics; pixel metrics show n/a)")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -221,16 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target folder (default: data/mvtec_ad or data/visa, or $VTFUSION_<NAME>_ROOT)")
     p.add_argument("--force", action="store_true", help="extract again even if present (an archive already matching its published checksum is reused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_download)
+    p.set_defaults(func=_cmd_download, outputs=("root",))
 
     p = dsub.add_parser("toy", help="generate the toy industrial dataset",
                         description="Generate the procedurally drawn toy dataset in MVTec layout.")
     p.add_argument("--root", type=Path, default=None, help="target folder (default: data/toy)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     p.add_argument("--force", action="store_true", help="regenerate even if an identical copy exists")
-    p.set_defaults(func=_cmd_toy)
+    p.set_defaults(func=_cmd_toy, outputs=("root",))
 
-    p = dsub.add_parser("shots", help="write the k-shot lists (data/shots/...)",
+    p = dsub.add_parser("shots", help="write the k-shot lists (vtfusion/resources/shots/...)",
                         description="Write k-shot lists for every category, k and seed. MVTec AD and VisA "
                                     "lists are built from the layout facts in ../shared/datasets, without the archives.")
     p.add_argument("--dataset", choices=["mvtec", "visa", "toy", "real_ad", "folder"], default=None)
@@ -238,10 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None, help="dataset folder (needed for --dataset folder)")
     p.add_argument("--k", type=int, nargs="+", default=None, help="shot counts (default 1 2 4 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
-    p.add_argument("--out", type=Path, default=None, help="output base folder (default data/shots)")
+    p.add_argument("--out", type=Path, default=None, help="output base folder (default: vtfusion/resources/shots for the named datasets, "
+                        "$VTFUSION_DATA_DIR/shots for a folder)")
     p.add_argument("--validate", type=Path, default=None, metavar="ROOT",
                    help="check every listed file exists in this extracted copy of the dataset")
-    p.set_defaults(func=_cmd_shots)
+    p.set_defaults(func=_cmd_shots, outputs=("out",))
 
     p = sub.add_parser("train", help="train VTFusion on one category (Algorithm 1)",
                        description="Train VTFusion on the k-shot normal images of one category. A run with the "
@@ -250,11 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--category", required=True, help="category name")
     p.add_argument("--root", type=Path, default=None, help="dataset root (needed for --dataset folder)")
     p.add_argument("--shots", type=int, default=None, help="k, the number of normal images (default: profile)")
-    p.add_argument("--seed", type=int, default=0, help="shot-list and training seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help=f"shot-list and training seed, 0 to {SEED_LIMIT - 1} (default 0)")
     p.add_argument("--out", type=Path, default=None, help="runs folder (default: runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(p)
-    p.set_defaults(func=_cmd_train)
+    _add_require_masks_option(p)
+    p.set_defaults(func=_cmd_train, outputs=("out",))
 
     p = sub.add_parser("predict", help="score images with a trained model",
                        description="Write score maps (.npy), overlays (.png) and scores.csv for images or a test split.")
@@ -266,14 +478,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, default=None, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
-    p.set_defaults(func=_cmd_predict)
+    _add_require_masks_option(p)
+    p.set_defaults(func=_cmd_predict, inputs=("checkpoint", "images"), outputs=("out",))
 
     p = sub.add_parser("reproduce", help="reproduce a table of the paper cell by cell",
                        description="Train and evaluate every (category, k, seed, method) cell of a paper table, "
                                    "print ours (mean +- std over seeds) beside the paper's values, write CSV/JSON. "
                                    "Finished cells are reused, so an interrupted run resumes.")
     p.add_argument("table", choices=["table1", "table2", "table3"])
-    p.add_argument("--dataset", default="mvtec", help="mvtec or visa (quick profile: runs on toy data)")
+    p.add_argument("--dataset", default=None,
+                   help="the data that runs: mvtec, visa, toy, real_ad or folder (default: mvtec in the paper "
+                        "profile; the quick profile's toy data, beside MVTec AD's paper values)")
     p.add_argument("--shots", type=int, nargs="+", default=None, help="k values (default 2 4 8; table3: 2)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="shot seeds (default: the profile's)")
     p.add_argument("--categories", nargs="+", default=None, help="subset of categories (default: all)")
@@ -282,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=None, help="trained models folder (default runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_model_options(p)
-    p.set_defaults(func=_cmd_reproduce)
+    _add_require_masks_option(p)
+    p.set_defaults(func=_cmd_reproduce, outputs=("results", "runs"))
 
     pocket = sub.add_parser("pocket", help="pre-train and release the pocket CLIP",
                             description="The pocket CLIP: a small CLIP pre-trained by this project on a generated, "
@@ -297,19 +513,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_pocket_pretrain)
+    p.set_defaults(func=_cmd_pocket_pretrain, outputs=("out",))
     p = psub.add_parser("release", help="write a run's weights (fp16 safetensors) and model card into the package",
                         description="Convert a finished pre-training run into the package's released weights.")
     p.add_argument("--run", type=Path, required=True, help="the run folder of `vtfusion pocket pretrain`")
     p.add_argument("--name", default="pocket-v1", help="release name (default pocket-v1)")
     p.add_argument("--machine", default=None, help="where it was trained, for the model card")
     p.set_defaults(func=_cmd_pocket_release)
+
+    results = sub.add_parser("results", help="list the results and table summaries on disk",
+                             description="Inspect the results folder: table summaries (one per table, dataset, "
+                                         "profile and config) and cells no summary covers.")
+    rsub = results.add_subparsers(dest="results_command", metavar="ACTION", required=True)
+    p = rsub.add_parser("ls", help="list summaries and cell groups: table, dataset, profile, config hash, cells, when",
+                        description="List every table summary and every group of cells without a summary.")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
+    p.set_defaults(func=_cmd_results_ls)
+    return parser
+
+
+def add_debug_option(parser: argparse.ArgumentParser, top: bool = True) -> argparse.ArgumentParser:
+    """Accept ``--debug`` on ``parser`` and on every (nested) subcommand, before or after it."""
+    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help=f"on an error also print the traceback (or set {DEBUG_ENV}=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                add_debug_option(sub, top=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    """Run one command; user errors print one line (exit 2), Ctrl-C exits with 130.
+
+    Arguments are checked by :func:`validate_args` before any work. Errors that are not a
+    user's mistake (see :func:`user_error_types`) are bugs and keep their traceback.
+    """
+    args = add_debug_option(build_parser()).parse_args(argv)
+    try:
+        validate_args(args)
+        with require_masks_scope(getattr(args, "require_masks", False)):
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug_requested(args):
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not isinstance(err, user_error_types()):
+            raise
+        if debug_requested(args):
+            traceback.print_exc()
+        print(format_error(err), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

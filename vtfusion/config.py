@@ -55,6 +55,14 @@ class DataConfig:
     shots: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
 
+    def __post_init__(self) -> None:
+        if self.shots < 1:
+            raise ValueError(f"DataConfig.shots (k) must be >= 1, got {self.shots}")
+        if self.image_size < 1:
+            raise ValueError(f"DataConfig.image_size must be >= 1, got {self.image_size}")
+        if any(not 0 <= s < 2**31 for s in self.seeds):
+            raise ValueError(f"DataConfig.seeds must be in [0, 2**31), got {self.seeds}")
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -267,15 +275,24 @@ def load_config(profile: str | None = None, announce: bool = False) -> Experimen
     return cfg
 
 
-def describe(cfg: ExperimentConfig, explicit: bool = True) -> str:
-    """One human sentence about what a config runs on."""
+def describe(cfg: ExperimentConfig, explicit: bool = True, dataset: str | None = None,
+             shots: int | typing.Sequence[int] | None = None) -> str:
+    """One human sentence about what a config runs on.
+
+    ``dataset`` and ``shots``: what actually runs when a command overrides the profile's
+    ``cfg.data.dataset`` and ``cfg.data.shots`` (several k for a table), so the line never
+    names data or a k that does not run.
+    """
+    dataset = cfg.data.dataset if dataset is None else dataset
+    shots = cfg.data.shots if shots is None else shots
+    ks = ",".join(str(k) for k in shots) if isinstance(shots, (tuple, list)) else str(shots)
     b = cfg.backbone
     weights = "random init (mechanics only, not the paper's quality)" if b.weights == "random" else b.weights
     if b.arch == "pocket" and b.weights != "random":
         weights += " (pocket CLIP, pre-trained by this project on generated images; not the paper's CLIP)"
     how = "chosen explicitly" if explicit else "chosen automatically"
     line = (f"profile: {cfg.profile} ({how}), recipe: {recipe_of(cfg)}; backbone: {b.arch}, weights: {weights}; "
-            f"data: {cfg.data.dataset}; k={cfg.data.shots}; {cfg.train.iterations} training iterations")
+            f"data: {dataset}; k={ks}; {cfg.train.iterations} training iterations")
     if cfg.profile == "quick" and not explicit:
         missing = [k for k, ok in paper_requirements().items() if not ok]
         line += f". The paper profile needs {', '.join(missing)}: not present here."

@@ -1,10 +1,11 @@
 """Evaluation runs: one result file per (dataset, category, k, seed, method) cell.
 
 A cell trains (or loads) the model of its config, scores the test split in batches and
-writes ``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>.json`` with every
-metric of :mod:`vtfusion.metrics`, the full config and its hash, the shot list, the
-backbone, the package version, the git commit and the wall times. Writes are atomic; a
-rerun finds the file of a finished cell (same config hash) and skips the work.
+writes ``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<confighash>.json``
+with every metric of :mod:`vtfusion.metrics`, the full config and its hash, the shot list,
+the backbone, the package version, the git commit and the wall times. Writes are atomic; a
+rerun finds the file of a finished cell (same config hash) and skips the work; a file that
+fails validation (:mod:`vtfusion.results`) is recomputed with a warning.
 
 Evaluation protocol (DESIGN §7): test images resized to the config's image size (240 px,
 no centre crop), masks nearest-resized, image score = max of the final map.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from contextlib import contextmanager
@@ -34,26 +36,57 @@ from vtfusion import __version__, paths
 from vtfusion.cache import FeatureCache, settings_dict, supports
 from vtfusion.config import ExperimentConfig
 from vtfusion.io import atomic_write_json
-from vtfusion.metrics import evaluate_maps, gaussian_smooth
+from vtfusion.metrics import PIXEL_METRIC_KEYS, evaluate_maps, gaussian_smooth
+from vtfusion.results import RESULT_FORMAT, read_cell_result
 
 if TYPE_CHECKING:
     from vtfusion.patch_knn import PatchKNNConfig
 
-RESULT_FORMAT = "vtfusion-result-1"
-
-
 def git_commit() -> str | None:
-    """``HEAD`` of the project checkout (``+dirty`` with uncommitted changes), or None."""
+    """``HEAD`` of the project checkout (``+dirty`` with uncommitted changes), or None.
+
+    Read-only: ``git status`` and even ``git diff`` refresh and rewrite ``.git/index``
+    (racing the user's own git commands on every evaluated cell), so only plumbing runs,
+    with ``GIT_OPTIONAL_LOCKS=0``: see :func:`_checkout_dirty`.
+    """
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.PROJECT_ROOT, capture_output=True,
-                              text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=paths.PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=10, env=env)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
+        top, commit = head.stdout.strip().splitlines()
+        return commit + ("+dirty" if _checkout_dirty(Path(top), env) else "")
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
+
+
+def _checkout_dirty(top: Path, env: dict[str, str]) -> bool:
+    """Whether tracked files differ from ``HEAD``, without writing the index.
+
+    Staged changes: ``diff --cached`` (index vs HEAD, no stat refresh). Worktree:
+    ``diff-files`` lists files whose stat differs from the index, which includes files
+    merely touched; their content is hashed (``hash-object``, nothing written) and
+    compared with the index's blob.
+    """
+    def git(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=top, capture_output=True, text=True, timeout=30, env=env,
+                              input=stdin)
+
+    if git("diff", "--cached", "--quiet").returncode != 0:
+        return True
+    changed = [f for f in git("diff-files", "--name-only", "-z").stdout.split("\0") if f]
+    if not changed:
+        return False
+    if any(not (top / f).is_file() for f in changed):  # deleted (or replaced by a folder)
+        return True
+    staged = {}
+    for entry in git("ls-files", "-s", "-z", "--", *changed).stdout.split("\0"):
+        if entry:
+            meta, name = entry.split("\t", 1)
+            staged[name] = meta.split()[1]
+    hashed = git("hash-object", "--stdin-paths", stdin="\n".join(changed)).stdout.split()
+    return hashed != [staged.get(f) for f in changed]
 
 
 @contextmanager
@@ -141,13 +174,15 @@ def _predict_samples(model, split, batch_size: int) -> dict[str, torch.Tensor]:
 
 
 def score_predictions(pred: dict[str, torch.Tensor], smoothing_sigma: float = 0.0,
-                      maps: tuple[str, ...] = ("final",)) -> dict[str, dict[str, float]]:
+                      maps: tuple[str, ...] = ("final",), pixel_metrics: bool = True
+                      ) -> dict[str, dict[str, float | None]]:
     """Metrics of each named map of :func:`predict_split`'s output, ``{map: metrics}``.
 
     Grid maps (``vision``, ``text``, ``fused``) are upsampled bilinearly to the masks'
     size first. With ``smoothing_sigma > 0`` each pixel map is Gaussian-smoothed
     (:func:`vtfusion.metrics.gaussian_smooth`) and its image scores are the maxima of the
     smoothed map; without smoothing, ``final`` uses the model's own ``score``.
+    ``pixel_metrics=False`` (a split with image labels only): the pixel metrics are None.
     """
     size = tuple(pred["masks"].shape[-2:])
     out = {}
@@ -159,7 +194,7 @@ def score_predictions(pred: dict[str, torch.Tensor], smoothing_sigma: float = 0.
             m = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
         scores = pred["score"] if name == "final" and smoothing_sigma == 0 else None
         m = gaussian_smooth(m, smoothing_sigma)
-        out[name] = evaluate_maps(m, pred["masks"], pred["labels"], image_scores=scores)
+        out[name] = evaluate_maps(m, pred["masks"] if pixel_metrics else None, pred["labels"], image_scores=scores)
     return out
 
 
@@ -174,8 +209,23 @@ def evaluate_model(model, split, batch_size: int = 32, cache: FeatureCache | Non
     """
     pred = predict_split(model, split, batch_size, cache=cache, timings=timings)
     with _stage(timings, "metrics", torch.device("cpu")):
-        scored = score_predictions(pred, smoothing_sigma, maps)
+        scored = score_predictions(pred, smoothing_sigma, maps, pixel_metrics=has_masks(split))
     return scored["final"] if maps == ("final",) else scored
+
+
+def has_masks(split) -> bool:
+    """Whether every defective image of ``split`` has a mask (else: image metrics only)."""
+    return getattr(split, "pixel_metrics_unavailable", None) is None
+
+
+def _unmeasured(split, metrics: dict[str, dict]) -> dict:
+    """``{"null_reasons": {"metrics.pixel_auroc": why, ...}}`` for a split without masks, else ``{}``:
+    its pixel metrics are null (not measured) with the reason, never NaN."""
+    reason = getattr(split, "pixel_metrics_unavailable", None)
+    if reason is None:
+        return {}
+    where = {name: "metrics" if name == "final" else f"map_metrics.{name}" for name in metrics}
+    return {"null_reasons": {f"{where[name]}.{key}": reason for name in metrics for key in PIXEL_METRIC_KEYS}}
 
 
 def result_path(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str,
@@ -187,18 +237,15 @@ def result_path(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed
     """
     from vtfusion.train import config_hash
 
-    base = Path(root) if root is not None else paths.PROJECT_ROOT / "results"
+    base = Path(root) if root is not None else paths.results_dir()
     suffix = "" if split == "test" else f"_{split}"
     return base / cfg.profile / dataset / method / category / f"k{k}_seed{seed}_{key or config_hash(cfg)}{suffix}.json"
 
 
 def read_result(path: str | Path) -> dict | None:
-    """A finished cell's result, or None when absent or unreadable (then it is redone)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if data.get("format") == RESULT_FORMAT else None
+    """A finished cell's result, or None when absent or invalid (then it is redone; an
+    invalid file with a warning naming it: :func:`vtfusion.results.read_cell_result`)."""
+    return read_cell_result(path)
 
 
 def _write_result(path: Path, cfg: ExperimentConfig, key: str, split_data, metrics: dict, info: dict,
@@ -221,7 +268,7 @@ def _write_result(path: Path, cfg: ExperimentConfig, key: str, split_data, metri
         **{k: v for k, v in info.items() if k not in ("shots",)},
     }
     atomic_write_json(path, result)
-    return {**result, "skipped": False}
+    return {**result, "skipped": False, "result_file": str(path)}
 
 
 def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str = "vtfusion",
@@ -253,7 +300,7 @@ def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: i
                        split, key)
     previous = read_result(path)
     if previous is not None and previous.get("config_hash") == key:
-        return {**previous, "skipped": True}
+        return {**previous, "skipped": True, "result_file": str(path)}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
     if backbone is None and (cache.settings.compile or monitor):  # shared by training and the monitor
@@ -287,6 +334,7 @@ def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: i
         "wall_seconds": time.perf_counter() - start,
     }
     return _write_result(path, cell_cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         **_unmeasured(evaluated, metrics),
                          data_root=str(data_root) if data_root is not None else None,
                          category=category, k=k, seed=seed, method=method)
 
@@ -316,7 +364,7 @@ def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: in
     path = result_path(cfg, storage_name(dataset, data_root), category, k, seed, method, results_root, split, key)
     previous = read_result(path)
     if previous is not None and previous.get("config_hash") == key:
-        return {**previous, "skipped": True}
+        return {**previous, "skipped": True, "result_file": str(path)}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
     backbone = backbone if backbone is not None else build_backbone(cfg.backbone, seed=0)
@@ -334,11 +382,12 @@ def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: in
     out = model.predict_tokens(tokens.to(device).float(), tuple(data.images.shape[-2:]))
     pred = {"final": out["final"][:, 0].cpu(), "score": out["score"].cpu(), "masks": data.masks.float(),
             "labels": torch.tensor(evaluated.labels)}
-    metrics = score_predictions(pred, cfg.eval.smoothing_sigma)
+    metrics = score_predictions(pred, cfg.eval.smoothing_sigma, pixel_metrics=has_masks(evaluated))
     timing = {"shots": list(shot_list.files), "train_seconds": fit_seconds, "model_loaded_from_cache": False,
               "eval_seconds": time.perf_counter() - t_eval, "eval_cache": settings_dict(cache),
               "wall_seconds": time.perf_counter() - start, "patch_knn": dataclasses.asdict(knn)}
     return _write_result(path, cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         **_unmeasured(evaluated, metrics),
                          data_root=str(data_root) if data_root is not None else None,
                          category=category, k=k, seed=seed, method=method)
 
@@ -365,7 +414,7 @@ def run_zero_shot_cell(cfg: ExperimentConfig, dataset: str, category: str, resul
     path = result_path(zs_cfg, storage_name(dataset, data_root), category, 0, 0, method, results_root, split, key)
     previous = read_result(path)
     if previous is not None and previous.get("config_hash") == key:
-        return {**previous, "skipped": True}
+        return {**previous, "skipped": True, "result_file": str(path)}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
     model = build_model(zs_cfg, dataset=dataset, category=category, backbone=backbone, device=zs_cfg.train.device)
@@ -377,6 +426,7 @@ def run_zero_shot_cell(cfg: ExperimentConfig, dataset: str, category: str, resul
               "eval_seconds": time.perf_counter() - start, "eval_cache": settings_dict(cache),
               "wall_seconds": time.perf_counter() - start}
     return _write_result(path, zs_cfg, key, evaluated, metrics, timing, dataset=dataset,
+                         **_unmeasured(evaluated, metrics),
                          data_root=str(data_root) if data_root is not None else None,
                          category=category, k=0, seed=0, method=method)
 

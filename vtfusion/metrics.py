@@ -57,6 +57,7 @@ __all__ = [
     "gaussian_smooth",
     "EvalConfig",
     "METRIC_KEYS",
+    "PIXEL_METRIC_KEYS",
 ]
 
 #: Keys of the dictionary returned by :func:`evaluate_maps`, in table order.
@@ -69,6 +70,9 @@ METRIC_KEYS = (
     "pixel_f1_max",
     "aupro",
 )
+
+#: The keys of :data:`METRIC_KEYS` that need ground-truth masks (None for image labels only).
+PIXEL_METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
 
 ArrayLike = Tensor | np.ndarray
 
@@ -431,7 +435,9 @@ def pro_curve(maps: ArrayLike, masks: ArrayLike, fpr_limit: float | None = None)
 
     Args:
         maps: ``N x H x W`` (or ``N x 1 x H x W``) anomaly maps.
-        masks: same shape, ground truth 0/1.
+        masks: same shape, ground truth 0/1; None for a dataset with image labels only:
+            then ``labels`` is required and the pixel metrics (:data:`PIXEL_METRIC_KEYS`)
+            are None (not measured), never NaN.
         fpr_limit: if given, keep only FPR <= ``fpr_limit`` and end the curve with the
             point interpolated at ``fpr_limit`` (the part :func:`aupro` integrates).
 
@@ -500,12 +506,12 @@ def image_scores_from_maps(maps: ArrayLike, reduction: Literal["max", "mean"] = 
 
 def evaluate_maps(
     maps: ArrayLike,
-    masks: ArrayLike,
+    masks: ArrayLike | None,
     labels: ArrayLike | None = None,
     image_scores: ArrayLike | None = None,
     fpr_limit: float = 0.3,
     undefined: Literal["nan", "raise"] = "nan",
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Every metric of DESIGN §7 for one category.
 
     The pixels are sorted once; pixel AUROC, AP, F1-max and AUPRO all read the same
@@ -513,7 +519,9 @@ def evaluate_maps(
 
     Args:
         maps: ``N x H x W`` (or ``N x 1 x H x W``) anomaly maps at evaluation resolution.
-        masks: same shape, ground truth 0/1.
+        masks: same shape, ground truth 0/1; None for a dataset with image labels only:
+            then ``labels`` is required and the pixel metrics (:data:`PIXEL_METRIC_KEYS`)
+            are None (not measured), never NaN.
         labels: ``N`` image labels (1 = defective). Default: an image is defective when
             its mask has a defect pixel. Pass the dataset's labels when masks may have
             lost tiny defects in resizing.
@@ -524,12 +532,15 @@ def evaluate_maps(
             it and warns with a ``RuntimeWarning``; ``"raise"`` raises the ``ValueError``.
 
     Returns:
-        ``{key: value}`` for the keys in :data:`METRIC_KEYS`, values in [0, 1] (or NaN).
+        ``{key: value}`` for the keys in :data:`METRIC_KEYS`, values in [0, 1] (or NaN; None
+        for the pixel metrics without masks).
     """
     if undefined not in ("nan", "raise"):
         raise ValueError(f"undefined must be 'nan' or 'raise', got {undefined!r}")
     fpr_limit = _check_fpr_limit(fpr_limit)
-    m, g = _maps_and_masks(maps, masks)
+    if masks is None and labels is None:
+        raise ValueError("evaluate_maps: without masks (image labels only) pass labels=")
+    m, g = _maps_and_masks(maps, torch.zeros_like(_as_tensor(maps, "maps")) if masks is None else masks)
     n = m.shape[0]
 
     if image_scores is None:
@@ -562,11 +573,14 @@ def evaluate_maps(
     run(("image_ap",), lambda: (_ap_from_curve(img_curve),))
     run(("image_f1_max",), lambda: (_best_f1_from_curve(img_curve)[0],))
 
-    pix_curve = _sorted_curve(m, g)
-    run(("pixel_auroc",), lambda: (_auroc_from_curve(pix_curve),))
-    run(("pixel_ap",), lambda: (_ap_from_curve(pix_curve),))
-    run(("pixel_f1_max",), lambda: (_best_f1_from_curve(pix_curve)[0],))
-    run(("aupro",), lambda: (_aupro_from_curve(pix_curve, g, fpr_limit),))
+    if masks is None:  # image labels only: pixel metrics are not measured, which is not "undefined"
+        results.update(dict.fromkeys(PIXEL_METRIC_KEYS))
+    else:
+        pix_curve = _sorted_curve(m, g)
+        run(("pixel_auroc",), lambda: (_auroc_from_curve(pix_curve),))
+        run(("pixel_ap",), lambda: (_ap_from_curve(pix_curve),))
+        run(("pixel_f1_max",), lambda: (_best_f1_from_curve(pix_curve)[0],))
+        run(("aupro",), lambda: (_aupro_from_curve(pix_curve, g, fpr_limit),))
 
     if failures:
         warnings.warn(

@@ -1,8 +1,9 @@
 """The paper's Tables I-IV as data: look up any printed cell by meaning.
 
-The cells live in ``data/paper/tables.csv`` (long format, one row per printed cell, the
-text kept exactly as printed) and each table's meaning in ``data/paper/tables.json``
-(caption, metric, row meaning, columns in print order, notes on the paper's oddities).
+The cells live in ``vtfusion/resources/paper/tables.csv`` (long format, one row per printed
+cell, the text kept exactly as printed) and each table's meaning in ``tables.json`` beside it
+(caption, metric, row meaning, columns in print order, notes on the paper's oddities). They
+are package data, read through :mod:`importlib.resources`, so an installed package has them.
 
 * Table I: k-shot comparison with other methods, MVTec AD and VisA, image/pixel AUROC (%).
 * Table II: module ablation; ``method_key`` is our ``ModelConfig.variant``
@@ -33,7 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from vtfusion.paths import data_dir
+from vtfusion.paths import paper_tables_dir
 
 __all__ = [
     "PaperCell", "PaperCellNotFound", "load_paper_cells", "paper_cells", "paper_value", "table_caption",
@@ -94,8 +95,8 @@ class PaperCellNotFound(KeyError):
 
 
 def paper_dir() -> Path:
-    """``data/paper`` (follows ``$VTFUSION_DATA_DIR``)."""
-    return data_dir() / "paper"
+    """``vtfusion/resources/paper``: package data, independent of ``$VTFUSION_DATA_DIR``."""
+    return paper_tables_dir()
 
 
 def _squash(text: Any) -> str:
@@ -128,8 +129,8 @@ def _parse_value(text: str, where: str) -> float | None:
 def _load_cells(csv_path: str) -> tuple[PaperCell, ...]:
     path = Path(csv_path)
     if not path.is_file():
-        raise FileNotFoundError(f"paper tables not found at {path}; they ship with the repository in "
-                                f"data/paper/tables.csv (check $VTFUSION_DATA_DIR)")
+        raise FileNotFoundError(f"paper tables not found at {path}; they ship inside the vtfusion package "
+                                f"(vtfusion/resources/paper): reinstall vtfusion")
     expected = [f.name for f in fields(PaperCell)]
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -156,8 +157,8 @@ def load_paper_cells() -> list[PaperCell]:
 def _load_info(json_path: str) -> dict:
     path = Path(json_path)
     if not path.is_file():
-        raise FileNotFoundError(f"paper table descriptions not found at {path}; they ship with the "
-                                f"repository in data/paper/tables.json (check $VTFUSION_DATA_DIR)")
+        raise FileNotFoundError(f"paper table descriptions not found at {path}; they ship inside the "
+                                f"vtfusion package (vtfusion/resources/paper): reinstall vtfusion")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -1,21 +1,67 @@
-"""Where things live on disk: the project root, embedded data, shared real data.
+"""Where things live on disk: the project root, package resources, user data, shared real data.
 
-Every path can be overridden by an environment variable so that notebooks, tests
-and the CLI agree without passing paths around.
+Two kinds of data:
+
+* **package resources** (:func:`resources_dir`, ``vtfusion/resources/``): the paper's tables
+  and the committed shot lists. They ship inside the wheel and are read through
+  :mod:`importlib.resources`, so an installed ``vtfusion`` finds them wherever it runs.
+* **user data** (:func:`data_dir`): generated and downloaded datasets, caches, the shot
+  lists of a user's own folders. ``$VTFUSION_DATA_DIR`` moves it; every other path can be
+  overridden by its own environment variable so that notebooks, tests and the CLI agree
+  without passing paths around.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = PACKAGE_DIR.parent
 
 
+def resources_dir() -> Path:
+    """The package's read-only data, ``vtfusion/resources`` (inside the installed package)."""
+    return Path(str(resources.files("vtfusion") / "resources"))
+
+
+def paper_tables_dir() -> Path:
+    """The paper's Tables I-IV as data: ``vtfusion/resources/paper`` (package data)."""
+    return resources_dir() / "paper"
+
+
+def committed_shots_dir() -> Path:
+    """Committed shot lists of the named datasets (package data):
+    ``vtfusion/resources/shots/<dataset>/<category>/k<k>_seed<s>.json``."""
+    return resources_dir() / "shots"
+
+
+def work_dir() -> Path:
+    """Where ``data/``, ``runs/`` and ``results/`` go by default: ``$VTFUSION_WORK_DIR``;
+    else the checkout's root when ``vtfusion`` runs from a source checkout; else the current
+    directory (an installed wheel must never write into ``site-packages``)."""
+    env = os.environ.get("VTFUSION_WORK_DIR")
+    if env:
+        return Path(env)
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT
+    return Path.cwd()
+
+
+def runs_dir() -> Path:
+    """Default folder of trained models: ``<work dir>/runs``."""
+    return work_dir() / "runs"
+
+
+def results_dir() -> Path:
+    """Default folder of result files and table summaries: ``<work dir>/results``."""
+    return work_dir() / "results"
+
+
 def data_dir() -> Path:
-    """Root of the embedded data folder (``data/``), or ``$VTFUSION_DATA_DIR``."""
-    return Path(os.environ.get("VTFUSION_DATA_DIR", PROJECT_ROOT / "data"))
+    """Root of the user data folder (``<work dir>/data``), or ``$VTFUSION_DATA_DIR``."""
+    return Path(os.environ.get("VTFUSION_DATA_DIR", work_dir() / "data"))
 
 
 def toy_root() -> Path:
@@ -24,7 +70,8 @@ def toy_root() -> Path:
 
 
 def shots_dir() -> Path:
-    """Committed shot lists: ``data/shots/<dataset>/<category>/k<k>_seed<s>.json``."""
+    """Shot lists of a user's own folders: ``data/shots/folder-<root hash>/<category>/...``
+    (the named datasets' lists are package data, :func:`committed_shots_dir`)."""
     return data_dir() / "shots"
 
 

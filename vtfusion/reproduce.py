@@ -9,7 +9,7 @@ with its own result file, so an interrupted reproduction resumes where it stoppe
 * ``table2``: the module ablation, ``ModelConfig.variant`` in ``ate``, ``ate_aie``, ``full``.
 * ``table3``: the DAS ablation at k=2, one synthetic type at a time vs all types.
 
-The paper's value of each row is printed beside ours (``data/paper``). In the quick
+The paper's value of each row is printed beside ours (``vtfusion/resources/paper``). In the quick
 profile the runs use the toy data and a random tiny backbone: the paper's column is then
 only a reference point, never a comparable number, and the printed table says so.
 """
@@ -17,13 +17,14 @@ only a reference point, never a comparable number, and the printed table says so
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from vtfusion.config import ExperimentConfig
 from vtfusion.data.categories import categories as dataset_categories
-from vtfusion.io import atomic_write_json, atomic_write_text
 
 TABLES = ("table1", "table2", "table3")
 TABLE_IDS = {"table1": "I", "table2": "II", "table3": "III"}
@@ -33,7 +34,7 @@ REPORTED = ("image_auroc", "pixel_auroc", "aupro")
 
 @dataclass(frozen=True)
 class Method:
-    """One row family of a table: its key in ``data/paper`` and the config that runs it."""
+    """One row family of a table: its key in ``vtfusion/resources/paper`` and the config that runs it."""
 
     key: str
     config: ExperimentConfig
@@ -69,6 +70,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.pstdev(values) if len(values) > 1 else 0.0)
 
 
+def _defined(value) -> bool:
+    """A metric value that can be averaged (an undefined one is None on disk, NaN fresh)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int, ...] | None = None,
               seeds: tuple[int, ...] | None = None, categories: tuple[str, ...] | None = None,
               results_root: str | Path | None = None, runs_root: str | Path | None = None,
@@ -94,25 +100,46 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
     cells = [(m, k, s, c) for m in methods for k in shots for s in seeds for c in cats]
     bar = _bar(len(cells), progress, f"{table} {dataset}")
     per_cell: dict[tuple[str, int, int], list[dict]] = {}
+    not_measured: dict[tuple[str, int, str], str] = {}
+    files: dict[tuple[str, int], list[str]] = {}
     for method, k, seed, category in cells:
         result = run_cell(method.config, dataset, category, k, seed, method=f"{table}-{method.key}",
                           results_root=results_root, runs_root=runs_root, data_root=data_root,
                           backbone=backbone, progress=False, cache=cache)
         per_cell.setdefault((method.key, k, seed), []).append(result["metrics"])
+        for where, why in (result.get("null_reasons") or {}).items():  # e.g. image labels only: no masks
+            not_measured.setdefault((method.key, k, where.removeprefix("metrics.")), why)
+        files.setdefault((method.key, k), []).append(result["result_file"])
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"{method.key} k={k} seed={seed} {category}"
                                 + (" (done before)" if result["skipped"] else ""))
     if bar is not None:
         bar.close()
+    from vtfusion.results import summary_key
+
+    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset)
+    summary_dir = Path(results_root) if results_root is not None else None
     rows = []
     for method in methods:
         for k in shots:
             row = {"table": table, "method": method.key, "k": k, "dataset": dataset, "seeds": list(seeds),
-                   "categories": list(cats), "profile": cfg.profile, "paper_dataset": paper_dataset}
+                   "categories": list(cats), "profile": cfg.profile, "paper_dataset": paper_dataset,
+                   "config_hash": key, "cells": len(files[(method.key, k)]),
+                   "cell_files": [_relative(f, summary_dir, cfg.profile) for f in files[(method.key, k)]]}
+            reasons = {}
             for metric in REPORTED:
+                values = [m[metric] for s in seeds for m in per_cell[(method.key, k, s)]]
+                undefined = sum(not _defined(v) for v in values)
+                if undefined:  # an average over fewer cells would be another table's number
+                    row[f"{metric}_mean"] = row[f"{metric}_std"] = None
+                    reasons[f"{metric}_mean"] = (not_measured.get((method.key, k, metric))
+                                                 or f"undefined in {undefined} of {len(values)} cells")
+                    continue
                 per_seed = [statistics.fmean(m[metric] for m in per_cell[(method.key, k, s)]) for s in seeds]
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([100.0 * v for v in per_seed])
+            if reasons:
+                row["null_reasons"] = reasons
             for level in ("image", "pixel"):
                 row[f"paper_{level}_auroc"] = paper_reference(table, method.key, paper_dataset, level, k)
             rows.append(row)
@@ -138,6 +165,8 @@ def format_rows(rows: list[dict]) -> str:
     from vtfusion.viz import format_table
 
     def cell(row, metric):
+        if row[metric + "_mean"] is None:
+            return "n/a"
         return f"{row[metric + '_mean']:.1f} +- {row[metric + '_std']:.1f}"
 
     def paper(row, level):
@@ -145,8 +174,8 @@ def format_rows(rows: list[dict]) -> str:
         return "-" if v is None else f"{v:.1f}"
 
     def delta(row, level):
-        v = row[f"paper_{level}_auroc"]
-        return "" if v is None else f"{row[level + '_auroc_mean'] - v:+.1f}"
+        v, ours = row[f"paper_{level}_auroc"], row[level + "_auroc_mean"]
+        return "" if v is None or ours is None else f"{ours - v:+.1f}"
 
     table = format_table(
         [(r["method"], r["k"], cell(r, "image_auroc"), paper(r, "image"), delta(r, "image"),
@@ -158,24 +187,24 @@ def format_rows(rows: list[dict]) -> str:
     if r0["profile"] != "paper" or r0["dataset"] != r0["paper_dataset"]:
         head += ("\nNOT COMPARABLE: ours ran on other data and/or a random backbone; the paper's "
                  "values are printed only as the reference the paper profile aims at.")
-    return head + "\n" + table
+    notes = sorted({why for r in rows for why in (r.get("null_reasons") or {}).values()})
+    return head + "\n" + table + "".join(f"\nn/a: {why}" for why in notes)
 
 
 def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
-    """``<table>_<dataset>.json`` and ``.csv`` in ``out_dir`` (atomic)."""
-    import csv
-    import io
+    """``<table>_<dataset>_<confighash>.json`` and ``.csv`` in ``out_dir``: one summary per
+    table, dataset, profile and config (:func:`vtfusion.results.write_summary`)."""
+    from vtfusion.results import write_summary as write
 
-    out_dir = Path(out_dir)
-    name = f"{rows[0]['table']}_{rows[0]['dataset']}"
-    json_path = atomic_write_json(out_dir / f"{name}.json", rows)
-    buf = io.StringIO()
-    keys = [k for k in rows[0] if k not in ("seeds", "categories")]
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    csv_path = atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
-    return json_path, csv_path
+    return write(rows, out_dir)
+
+
+def _relative(result_file: str, results_root: Path | None, profile: str) -> str:
+    """A cell file as its summary (in ``<results>/<profile>/``) refers to it."""
+    from vtfusion import paths
+
+    base = (results_root if results_root is not None else paths.results_dir()) / profile
+    return os.path.relpath(result_file, base)
 
 
 def _bar(total: int, enabled: bool, desc: str):

@@ -289,24 +289,21 @@ def _progress(total: int, enabled: bool, desc: str):
 
 # --- load-or-train ----------------------------------------------------------------------
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    """Short stable hash of a whole config (the key of a result)."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
-
+#: Config fields that do not determine a cell: a cell names its dataset, category, k and
+#: seed itself, so the profile's default dataset/root, the list of categories or seeds a
+#: reproduction loops over and the default k never enter a cell's key (``reproduce
+#: --categories chip weave`` and ``train --category chip`` share chip's run and result).
+NOT_CELL = (("data", "dataset"), ("data", "root"), ("data", "categories"), ("data", "shots"), ("data", "seeds"))
 
 #: Config fields that change neither the trained weights nor the training's randomness:
 #: a saved model is reused across them (evaluation options; what the history records).
 NOT_TRAINING = (("eval",), ("train", "diagnostics_every"), ("train", "monitor_every"))
 
 
-def training_hash(cfg: ExperimentConfig) -> str:
-    """Short stable hash of what determines a trained model (the key of a saved run).
-
-    The whole config without :data:`NOT_TRAINING`: evaluating the same model with and
-    without map smoothing reuses one training run.
-    """
+def _hash_without(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) -> str:
+    """Short stable hash of ``cfg.to_dict()`` without the ``dropped`` field paths."""
     data = cfg.to_dict()
-    for path in NOT_TRAINING:
+    for path in dropped:
         node = data
         for part in path[:-1]:
             node = node[part]
@@ -314,12 +311,29 @@ def training_hash(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Short stable hash of what determines a cell's result (the key of a result file).
+
+    The whole config without :data:`NOT_CELL`.
+    """
+    return _hash_without(cfg, NOT_CELL)
+
+
+def training_hash(cfg: ExperimentConfig) -> str:
+    """Short stable hash of what determines a trained model (the key of a saved run).
+
+    The whole config without :data:`NOT_CELL` and :data:`NOT_TRAINING`: evaluating the
+    same model with and without map smoothing reuses one training run.
+    """
+    return _hash_without(cfg, NOT_CELL + NOT_TRAINING)
+
+
 def run_dir(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
             root: str | Path | None = None) -> Path:
     """``runs/<profile>/<dataset>/<category>/k<k>_seed<seed>_<traininghash>/``."""
     from vtfusion import paths
 
-    base = Path(root) if root is not None else paths.PROJECT_ROOT / "runs"
+    base = Path(root) if root is not None else paths.runs_dir()
     return base / cfg.profile / dataset / category / f"k{k}_seed{seed}_{training_hash(cfg)}"
 
 
@@ -334,31 +348,57 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     ``monitor``: passed to :func:`train_vtfusion` when training happens.
 
     Returns ``(model, info)``; ``info`` holds the loss history, wall time, shot files and
-    whether the model was ``loaded`` from disk.
+    whether the model was ``loaded`` from disk. A corrupt ``model.pt`` is trained again
+    (with a warning naming it); identical runs started together train once (a lock file
+    in the run dir, see :func:`vtfusion.io.file_lock`).
     """
-    from vtfusion.checkpoint import load_checkpoint, save_checkpoint
+    from vtfusion.checkpoint import save_checkpoint
     from vtfusion.data import load_dataset
     from vtfusion.data.datasets import storage_name
     from vtfusion.data.shots import shot_list_for
-    from vtfusion.io import atomic_write_json
+    from vtfusion.io import atomic_write_json, file_lock
 
     cfg = cfg.replace(train=_with_seed(cfg, seed))
     path = run_dir(cfg, storage_name(dataset, data_root), category, k, seed, root) / "model.pt"
-    if path.is_file():
-        model, _, extra = load_checkpoint(path, backbone=backbone, device=resolve_device(cfg.train.device))
-        return model, {**extra, "loaded": True, "checkpoint": str(path)}
-    train_set = load_dataset(dataset, category, "train", data_root, cfg.data.image_size)
-    shot_list = shot_list_for(train_set, k, seed)
-    shots = train_set.load_shots(k, seed)
-    model = build_model(cfg, dataset=dataset, category=category, backbone=backbone, device=cfg.train.device)
-    if cache is not None:
-        cache.prime_text(model)
-    result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress, monitor=monitor)
-    extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
-             "shots": list(shot_list.files), "vtfusion_version": __version__}
-    save_checkpoint(model, cfg, path, extra)
-    atomic_write_json(path.with_name("history.json"), extra)
+    device = resolve_device(cfg.train.device)
+    saved = _load_saved_run(path, backbone, device)
+    if saved is not None:
+        return saved
+    # One lock per run dir: a second identical run waits here, then reuses the first one's model.
+    with file_lock(path.with_name("train.lock"),
+                   on_wait=lambda lock: warnings.warn(f"waiting for {lock}: the same run is training in another "
+                                                      "process", RuntimeWarning, stacklevel=4)):
+        saved = _load_saved_run(path, backbone, device)
+        if saved is not None:
+            return saved
+        train_set = load_dataset(dataset, category, "train", data_root, cfg.data.image_size)
+        shot_list = shot_list_for(train_set, k, seed)
+        shots = train_set.load_shots(k, seed)
+        model = build_model(cfg, dataset=dataset, category=category, backbone=backbone, device=cfg.train.device)
+        if cache is not None:
+            cache.prime_text(model)
+        result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress, monitor=monitor)
+        extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
+                 "shots": list(shot_list.files), "vtfusion_version": __version__}
+        save_checkpoint(model, cfg, path, extra)
+        atomic_write_json(path.with_name("history.json"), extra)
     return model, {**extra, "loaded": False, "checkpoint": str(path)}
+
+
+def _load_saved_run(path: Path, backbone, device: torch.device) -> tuple[VTFusion, dict] | None:
+    """The saved model of a run, or None when there is none or it is corrupt (then warned:
+    the run is trained again and the file replaced)."""
+    from vtfusion.checkpoint import load_checkpoint
+
+    if not path.is_file():
+        return None
+    try:
+        model, _, extra = load_checkpoint(path, backbone=backbone, device=device)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        warnings.warn(f"checkpoint {path} is corrupt or from another version ({err}); training it again",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return model, {**extra, "loaded": True, "checkpoint": str(path)}
 
 
 def _with_seed(cfg: ExperimentConfig, seed: int):

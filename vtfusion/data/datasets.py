@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from torch.utils.data import Dataset
 
 from vtfusion import paths
 from vtfusion.data.categories import DATASETS, categories
-from vtfusion.data.images import IMAGE_EXTENSIONS, load_image, load_image_and_mask
+from vtfusion.data.images import (
+    IMAGE_EXTENSIONS,
+    LABEL_MASK_THRESHOLD,
+    MASK_THRESHOLD,
+    load_image,
+    load_image_and_mask,
+)
 from vtfusion.data.layout import GOOD, MASK_FOLDERS, SPLITS
 
 
@@ -56,7 +63,7 @@ class AnomalyDataset(Dataset):
     image_size: int | None
     records: list[Record]
     category_dir: Path
-    mask_threshold: int = 0
+    mask_threshold: int = MASK_THRESHOLD
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,6 +86,17 @@ class AnomalyDataset(Dataset):
         return [r.label for r in self.records]
 
     @property
+    def pixel_metrics_unavailable(self) -> str | None:
+        """Why pixel metrics cannot be computed on this split, or None when every defective
+        image has a mask. Without masks (image labels only) the split is scored on image metrics."""
+        missing = [r.image for r in self.records if r.label == 1 and r.mask is None]
+        if not missing:
+            return None
+        n_bad = sum(self.labels)
+        which = "no defective image has" if len(missing) == n_bad else f"{len(missing)} of {n_bad} defective images have no"
+        return f"image labels only: {which} a ground-truth mask (e.g. {missing[0]})"
+
+    @property
     def defect_types(self) -> list[str]:
         """Sorted defect types present in this split (``good`` excluded)."""
         return sorted({r.defect_type for r in self.records if r.label == 1})
@@ -97,9 +115,9 @@ class AnomalyDataset(Dataset):
     def load_shots(self, k: int, seed: int, shots_dir: str | Path | None = None) -> torch.Tensor:
         """The k-shot normal images of ``seed`` as a ``k x 3 x S x S`` tensor.
 
-        Uses the committed shot list ``data/shots/<dataset>/<category>/k<k>_seed<s>.json``;
-        for a custom folder without one, the list is drawn from this folder with the same
-        rule (see :mod:`vtfusion.data.shots`).
+        Uses the committed shot list (``vtfusion/resources/shots/<dataset>/<category>/k<k>_seed<s>.json``,
+        or the folder's own under ``$VTFUSION_DATA_DIR/shots/folder-<hash>/``); without one,
+        the list is drawn from this folder with the same rule (see :mod:`vtfusion.data.shots`).
         """
         from vtfusion.data.shots import shot_list_for
 
@@ -109,6 +127,15 @@ class AnomalyDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.dataset_name}/{self.category}, split={self.split}, "
                 f"n={len(self)}, counts={self.counts()})")
+
+
+REQUIRE_MASKS_ENV = "VTFUSION_REQUIRE_MASKS"
+
+
+def masks_required() -> bool:
+    """Whether a defective image without a mask is an error: ``$VTFUSION_REQUIRE_MASKS`` set to
+    anything but ``0`` (``--require-masks`` sets it). Default: no, evaluate image metrics only."""
+    return os.environ.get(REQUIRE_MASKS_ENV, "0") not in ("", "0")
 
 
 def _check_split(split: str) -> None:
@@ -139,13 +166,17 @@ class MVTecDataset(AnomalyDataset):
         image_size: side of the square the images are resized to (None: keep size).
         dataset_name: which shot lists and category facts apply (``mvtec``, ``toy``,
             ``real_ad``, or ``folder`` for custom data).
-        mask_threshold: mask pixels with a gray value above it are anomalous.
-        require_masks: defective test images without a mask file are an error
-            (else they get an empty mask).
+        mask_threshold: mask pixels with at least this gray value are anomalous (128: 0/255
+            masks; a mask with other values is warned about).
+        require_masks: defective images without a mask file are an error. Otherwise
+            (the default, unless ``$VTFUSION_REQUIRE_MASKS`` is set, as ``--require-masks``
+            does) they get an empty mask and :attr:`pixel_metrics_unavailable` says why
+            the split is evaluated on image metrics only.
     """
 
     def __init__(self, root: str | Path, category: str, split: str = "test", image_size: int | None = 240,
-                 dataset_name: str = "folder", mask_threshold: int = 0, require_masks: bool = True):
+                 dataset_name: str = "folder", mask_threshold: int = MASK_THRESHOLD,
+                 require_masks: bool | None = None):
         _check_split(split)
         self.root = Path(root)
         self.category, self.split, self.image_size = category, split, image_size
@@ -161,7 +192,7 @@ class MVTecDataset(AnomalyDataset):
                 f"unknown category {category!r}: no folder {self.category_dir}. "
                 f"Valid categories here: {', '.join(valid) if valid else '(none found under ' + str(self.root) + ')'}"
             )
-        self.records = self._scan(require_masks)
+        self.records = self._scan(masks_required() if require_masks is None else require_masks)
         if not self.records:
             raise FileNotFoundError(f"no images found in {self.category_dir / split}; expected "
                                     f"{split}/<good|defect>/*.png in MVTec layout")
@@ -183,10 +214,11 @@ class MVTecDataset(AnomalyDataset):
                     missing.append(img)
                 records.append(Record(img, mask, 1, defect))
         if missing and require_masks:
+            expected = self.category_dir / MASK_FOLDERS[self.split] / missing[0].parent.name / f"{missing[0].stem}_mask.png"
             raise FileNotFoundError(
                 f"{len(missing)} defective image(s) of {self.category_dir} have no mask, e.g. {missing[0]}; "
-                f"expected {self.category_dir / 'ground_truth' / missing[0].parent.name / (missing[0].stem + '_mask.png')}. "
-                "Add the masks or pass require_masks=False (image-level metrics only)."
+                f"expected {expected}. Add the masks, or drop --require-masks ($VTFUSION_REQUIRE_MASKS) "
+                "to evaluate image-level metrics only."
             )
         return records
 
@@ -223,7 +255,7 @@ class VisADataset(AnomalyDataset):
                              "choose settings on the toy dataset's val split")
         self.root = Path(root)
         self.category, self.split, self.image_size = category, split, image_size
-        self.dataset_name, self.mask_threshold = dataset_name, 0
+        self.dataset_name, self.mask_threshold = dataset_name, LABEL_MASK_THRESHOLD
         if category not in DATASETS["visa"]:
             raise ValueError(f"unknown VisA category {category!r}; valid categories: {', '.join(categories('visa'))}")
         if not self.root.is_dir():
@@ -273,8 +305,12 @@ def storage_name(dataset: str, root: str | Path | None = None) -> str:
         return dataset
     if root is None:
         raise ValueError("dataset 'folder' needs root=<MVTec-layout folder>")
-    digest = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
-    return f"folder-{digest}"
+    return f"folder-{root_digest(root)}"
+
+
+def root_digest(root: str | Path) -> str:
+    """8 hex digits of the resolved dataset root: what keys a user folder's runs, results and shots."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
 
 
 def load_dataset(dataset: str, category: str, split: str = "test", root: str | Path | None = None,

@@ -7,6 +7,7 @@ resized with nearest neighbour so it stays binary.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+MASK_THRESHOLD = 128
+"""Gray value from which a mask pixel is defect: masks are 0/255 (MVTec AD) and 128 splits them."""
+
+LABEL_MASK_THRESHOLD = 1
+"""For label masks (VisA: 0 background, 1, 2, ... defect regions) every nonzero value is defect."""
+
+
+class MaskWarning(UserWarning):
+    """A mask is not binary, so the threshold decides which of its pixels are defect."""
 
 
 class ImageReadError(OSError):
@@ -26,6 +37,11 @@ def _open(path: Path) -> Image.Image:
         img.load()
     except FileNotFoundError:
         raise ImageReadError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(
+            f"image file {path} is too large to decode safely ({err}); shrink the image, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(
             f"cannot read image file {path}: {err}. The file may be truncated or not an image; "
@@ -59,14 +75,35 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return to_rgb_array(_open(Path(path)))
 
 
-def read_mask(path: str | Path, threshold: int = 0) -> np.ndarray:
-    """Read a mask as ``H x W`` bool: pixels whose gray value exceeds ``threshold``.
+def mask_gray(img: Image.Image) -> np.ndarray:
+    """``H x W`` uint8 gray values of a mask of any mode (16-bit scaled to 8 bits, mode 1 as 0/255)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return to_rgb_array(img)[..., 0]
+    return np.asarray(img.convert("L"), dtype=np.uint8)
 
-    The default 0 accepts 0/255 masks (MVTec AD) and 0/1 or instance-id masks (VisA).
+
+def warn_unless_binary(gray: np.ndarray, path: str | Path) -> None:
+    """Warn, naming the file, when a mask holds gray values other than 0 and 255."""
+    other = (gray != 0) & (gray != 255)
+    if other.any():
+        values = np.unique(gray[other])
+        shown = ", ".join(str(v) for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        warnings.warn(f"mask {path} is not binary (gray values {shown} besides 0 and 255); pixels >= "
+                      f"{MASK_THRESHOLD} count as defect, as in MVTec AD. Save masks as 0 and 255 only.",
+                      MaskWarning, stacklevel=3)
+
+
+def read_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """Read a mask as ``H x W`` bool: pixels whose gray value is at least ``threshold``.
+
+    The default 128 reads 0/255 masks (MVTec AD) and warns when a mask is not binary
+    (:class:`MaskWarning`): JPEG artefacts or anti-aliased edges would otherwise all count as
+    defect. Label masks (VisA: 0/1 or region ids) are read with :data:`LABEL_MASK_THRESHOLD`.
     """
-    img = _open(Path(path))
-    arr = np.asarray(img if img.mode in ("L", "1", "I", "I;16", "F") else img.convert("L"))
-    return arr > threshold
+    gray = mask_gray(_open(Path(path)))
+    if threshold == MASK_THRESHOLD:
+        warn_unless_binary(gray, path)
+    return gray >= threshold
 
 
 def resize_rgb(rgb: np.ndarray, size: int | None) -> np.ndarray:
@@ -109,7 +146,7 @@ def load_image_and_mask(
     image_path: str | Path,
     mask_path: str | Path | None,
     image_size: int | None = 240,
-    mask_threshold: int = 0,
+    mask_threshold: int = MASK_THRESHOLD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image and its mask (all zeros when ``mask_path`` is None), checked to have the same size."""
     rgb, mask = read_image_and_mask(image_path, mask_path, mask_threshold)
@@ -119,7 +156,7 @@ def load_image_and_mask(
 def read_image_and_mask(
     image_path: str | Path,
     mask_path: str | Path | None,
-    mask_threshold: int = 0,
+    mask_threshold: int = MASK_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """uint8 ``H x W x 3`` RGB and bool ``H x W`` mask at the original size, checked to match."""
     rgb = read_rgb(image_path)

@@ -1,8 +1,12 @@
 """k-shot lists as data: which normal images a k-shot run may train on.
 
-A shot list is ``data/shots/<dataset>/<category>/k<k>_seed<s>.json``. Lists are
-generated once by ``vtfusion data shots``, committed, and read by every method so
-that all methods see the same images.
+A shot list is ``<base>/<key>/<category>/k<k>_seed<s>.json``. The lists of the named
+datasets (MVTec AD, VisA, toy, real samples; ``<key>`` is the dataset name) are generated
+once by ``vtfusion data shots``, committed as package data under
+``vtfusion/resources/shots/`` and read by every method so that all methods see the same
+images. A user's own MVTec-layout folder (``folder``) is user data: its lists live under
+``$VTFUSION_DATA_DIR/shots/folder-<hash of the resolved root>/``, so two folders with a
+category of the same name never share a list.
 
 Rule: for each (dataset, category, seed) the sorted pool of normal training images
 is shuffled by a generator seeded from a SHA-256 of ``dataset/category/seed``; the
@@ -23,6 +27,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from vtfusion import paths
+from vtfusion.data.categories import DATASETS
+from vtfusion.data.datasets import root_digest
 from vtfusion.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -79,19 +85,38 @@ def make_shot_list(dataset: str, category: str, pool: Sequence[str], k: int, see
     return ShotList(dataset, category, k, seed, files, len(unique))
 
 
-def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None) -> Path:
-    return Path(base or paths.shots_dir()) / dataset / category / f"k{k}_seed{seed}.json"
+def shot_key(dataset: str, root: str | Path | None = None) -> str:
+    """The folder a dataset's lists live in: its name for a named dataset (committed lists),
+    ``<dataset>-<8 hex of the resolved root>`` for any other (a user's folder), so that two
+    folders with the same category names never collide."""
+    if dataset in DATASETS:
+        return dataset
+    if root is None:
+        raise ValueError(f"shot lists of dataset {dataset!r} are kept per dataset root; pass root=<the folder>")
+    return f"{dataset}-{root_digest(root)}"
 
 
-def save_shot_list(shot_list: ShotList, base: str | Path | None = None) -> Path:
-    path = shot_path(shot_list.dataset, shot_list.category, shot_list.k, shot_list.seed, base)
+def shots_base(dataset: str) -> Path:
+    """Committed lists of the named datasets are package data; a user folder's lists are user data."""
+    return paths.committed_shots_dir() if dataset in DATASETS else paths.shots_dir()
+
+
+def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None,
+              root: str | Path | None = None) -> Path:
+    """``<base>/<shot_key>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset)."""
+    return Path(base or shots_base(dataset)) / shot_key(dataset, root) / category / f"k{k}_seed{seed}.json"
+
+
+def save_shot_list(shot_list: ShotList, base: str | Path | None = None, root: str | Path | None = None) -> Path:
+    path = shot_path(shot_list.dataset, shot_list.category, shot_list.k, shot_list.seed, base, root)
     atomic_write_text(path, shot_list.to_json())
     return path
 
 
-def load_shots(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None) -> ShotList:
+def load_shots(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None,
+               root: str | Path | None = None) -> ShotList:
     """Read a committed shot list; the error says how to generate a missing one."""
-    path = shot_path(dataset, category, k, seed, base)
+    path = shot_path(dataset, category, k, seed, base, root)
     if not path.is_file():
         raise FileNotFoundError(
             f"no shot list {path}; generate it with `vtfusion data shots --dataset {dataset}` "
@@ -105,7 +130,7 @@ def shot_list_for(ds: "AnomalyDataset", k: int, seed: int, base: str | Path | No
 
     A committed list is checked against the folder (every file must exist).
     """
-    path = shot_path(ds.dataset_name, ds.category, k, seed, base)
+    path = shot_path(ds.dataset_name, ds.category, k, seed, base, getattr(ds, "root", None))
     if path.is_file():
         shot_list = ShotList.from_file(path)
         validate_shot_list(shot_list, ds.category_dir)
@@ -210,5 +235,5 @@ def generate_shot_lists(dataset: str, root: str | Path | None = None, ks: Iterab
                 shot_list = make_shot_list(dataset, category, pool, k, seed)
                 if validate_root is not None:
                     validate_shot_list(shot_list, Path(validate_root) / category)
-                written.append(save_shot_list(shot_list, base))
+                written.append(save_shot_list(shot_list, base, root))
     return written

@@ -25,7 +25,7 @@ changes every pixel inside it.
 
 Layout (MVTec AD)::
 
-    <root>/manifest.json
+    <root>/manifest.json                                        (config and the files written)
     <root>/<category>/train/good/000.png ...
     <root>/<category>/test/good/000.png ...
     <root>/<category>/test/<defect_type>/000.png ...
@@ -59,8 +59,8 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,7 @@ from scipy import ndimage
 from vtfusion import __version__, paths
 from vtfusion.data.categories import TOY_CATEGORIES
 from vtfusion.data.layout import GOOD, MASK_FOLDERS
+from vtfusion.io import atomic_write_text
 
 GENERATOR_VERSION = "toy-2"
 """Bump whenever the drawing code changes: a new version regenerates every copy."""
@@ -1578,13 +1579,14 @@ def _save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8)).save(path, format="PNG", compress_level=1)
 
 
-def _jobs(category: str, config: ToyConfig) -> list[tuple[str, int]]:
-    """Every ``(split, index)`` the dataset holds for ``category``."""
+def _jobs(category: str, config: ToyConfig, defects: Sequence[str] | None = None) -> list[tuple[str, int]]:
+    """Every ``(split, index)`` the dataset holds for ``category`` (``defects``: its defect types)."""
+    defects = DEFECT_TYPES[category] if defects is None else defects
     jobs: list[tuple[str, int]] = [("train", i) for i in range(config.n_train)]
     for part, n_good, n_defect in (("test", config.n_test_good, config.n_test_per_defect),
                                    ("val", config.n_val_good, config.n_val_per_defect)):
         jobs += [(f"{part}/{GOOD}", i) for i in range(n_good)]
-        jobs += [(f"{part}/{d}", i) for d in DEFECT_TYPES[category] for i in range(n_defect)]
+        jobs += [(f"{part}/{d}", i) for d in defects for i in range(n_defect)]
     return jobs
 
 
@@ -1626,25 +1628,62 @@ def _manifest(config: ToyConfig) -> dict:
 
 def _read_manifest(root: Path) -> dict | None:
     try:
-        return json.loads((root / MANIFEST_NAME).read_text())
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def generated_files(config: ToyConfig, defect_types: Mapping[str, Sequence[str]] = DEFECT_TYPES) -> list[str]:
+    """Every file the generator writes for ``config``, relative to the root (POSIX), sorted."""
+    files = []
+    for cat in config.categories:
+        for split, i in _jobs(cat, config, defect_types[cat]):
+            image_folder, mask_folder = _folders(split)
+            files.append(f"{cat}/{image_folder}/{i:03d}.png")
+            if mask_folder:
+                files.append(f"{cat}/{mask_folder}/{i:03d}_mask.png")
+    return sorted(files)
+
+
+def _is_inside(rel: str) -> bool:
+    """A manifest entry names a file inside the root (no absolute path, no ``..``)."""
+    parts = Path(rel).parts
+    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts and MANIFEST_NAME != rel
+
+
+def _owned_files(manifest: dict | None) -> set[str]:
+    """The files a manifest says the generator wrote: the only ones it may ever replace or remove."""
+    if manifest is None or manifest.get("generator") != GENERATOR_NAME:
+        return set()
+    listed = manifest.get("files")
+    if isinstance(listed, list):
+        return {rel for rel in listed if isinstance(rel, str) and _is_inside(rel)}
+    # Manifests written before the file list: the files follow from their config.
+    try:
+        known = {f.name for f in fields(ToyConfig)}
+        cfg = {k: v for k, v in manifest["config"].items() if k in known}
+        config = ToyConfig(**{**cfg, "categories": tuple(cfg["categories"])})
+        defects = {c: tuple(manifest["defect_types"][c]) for c in config.categories}
+        return {rel for rel in generated_files(config, defects) if _is_inside(rel)}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return set()
+
+
+def _write_manifest(root: Path, config: ToyConfig, files: Sequence[str], complete: bool = True) -> None:
+    """Atomically write the manifest; ``complete=False`` marks a copy being replaced (never reused)."""
+    manifest = {**_manifest(config), "files": sorted(files)}
+    if not complete:
+        manifest["incomplete"] = True
+    atomic_write_text(root / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _is_complete(root: Path, config: ToyConfig) -> bool:
-    """Manifest matches and every folder holds the expected number of files (cheap listing)."""
-    if _read_manifest(root) != _manifest(config):
+    """Manifest matches and every file the config generates exists (user files do not matter)."""
+    manifest = _read_manifest(root)
+    if manifest is None or {k: v for k, v in manifest.items() if k != "files"} != _manifest(config):
         return False
-    for cat in config.categories:
-        expect: dict[Path, int] = {}
-        for split, _ in _jobs(cat, config):
-            for folder in filter(None, _folders(split)):  # the image folder, and the mask folder if any
-                expect[root / cat / folder] = expect.get(root / cat / folder, 0) + 1
-        for folder, n in expect.items():
-            found = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
-            if found != n:
-                return False
-    return True
+    return all((root / rel).is_file() for rel in generated_files(config))
 
 
 def _check_replaceable(root: Path) -> None:
@@ -1683,36 +1722,76 @@ def _exclusive_lock(root: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def _check_no_user_file_in_the_way(root: Path, files: Sequence[str], owned: set[str]) -> None:
+    """Refuse to overwrite a file the generator did not write (one a user put there)."""
+    for rel in files:
+        if rel not in owned and (root / rel).exists():
+            raise FileExistsError(
+                f"{root / rel} is not listed in {root / MANIFEST_NAME} (the toy generator did not write it) "
+                f"and would be overwritten; move it out of {root} or choose another --root")
+
+
+def _move_files(src: Path, dst: Path, files: Sequence[str]) -> None:
+    """Move each finished file into place; ``os.replace`` is atomic, so no file is ever half-written."""
+    for rel in files:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src / rel, dst / rel)
+
+
+def _remove_files(root: Path, files: set[str]) -> None:
+    """Remove files the generator wrote earlier and no longer writes, then their emptied folders."""
+    for rel in sorted(files):
+        (root / rel).unlink(missing_ok=True)
+        for folder in Path(rel).parents:
+            if folder == Path("."):
+                break
+            try:
+                (root / folder).rmdir()  # only succeeds when empty: user files keep their folder
+            except OSError:
+                break
+
+
 def _generate_unlocked(root: Path, config: ToyConfig) -> int:
+    """Write ``config``'s files into ``root``, touching only files the manifest says are ours.
+
+    Images are rendered into a temporary sibling folder first. A new root is published by
+    renaming that folder; an existing one gets each file moved in, the files of the old
+    copy that the new one lacks removed, and the new manifest written last. Files a user
+    added to ``root`` are never removed.
+    """
     _check_replaceable(root)
+    owned = _owned_files(_read_manifest(root))
+    files = generated_files(config)
+    _check_no_user_file_in_the_way(root, files, owned)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        n = 0
-        for cat in config.categories:
-            n += _write_category(tmp / cat, cat, config)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(_manifest(config), indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private
-        old = None
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(root, old)
-        os.rename(tmp, root)  # atomic: readers see the old copy or the complete new one
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        n = sum(_write_category(tmp / cat, cat, config) for cat in config.categories)
+        if not root.exists():
+            _write_manifest(tmp, config, files)
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
+            os.rename(tmp, root)  # atomic: readers see no copy or the complete one
+            return n
+        # Interrupted from here on, the manifest still lists every file that may be ours
+        # and is marked incomplete, so the next run regenerates and cleans up.
+        _write_manifest(root, config, sorted(owned | set(files)), complete=False)
+        _move_files(tmp, root, files)
+        _remove_files(root, owned - set(files))
+        _write_manifest(root, config, files)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return n
 
 
 def generate_toy_dataset(root: str | Path, config: ToyConfig = ToyConfig()) -> Path:
     """Write the toy dataset under ``root`` (MVTec layout), replacing an older copy.
 
-    The files are written into a temporary sibling folder that is renamed into place
-    once complete, so ``root`` is never half-written; concurrent generators of the same
-    root are serialised by a lock. A non-empty ``root`` without a toy manifest is never
-    replaced (``FileExistsError``).
+    ``manifest.json`` lists every file the generator wrote; only those are ever replaced
+    or removed, so files a user added to ``root`` survive a regeneration (a user file where
+    the generator would write is a ``FileExistsError``). Files are rendered into a temporary
+    sibling folder and moved into place, so none is ever half-written; concurrent generators
+    of the same root are serialised by a lock. A non-empty ``root`` without a toy manifest
+    is never written to (``FileExistsError``).
 
     Returns:
         ``root`` as a :class:`~pathlib.Path`.
