@@ -255,21 +255,28 @@ def test_ate_aie_fusion_by_range_or_by_training_statistics(backbone):
     torch.testing.assert_close(standard._combine(text / 4, vision), torch.full((1, 1, 2, 2), 0.5 * (2.0 + 2.0)))
 
 
-def test_final_map_mpf_vision_averages_mf_with_the_squashed_vision_map(backbone):
+def twin_models(backbone, final_map: str, shot_tokens: torch.Tensor):
+    """Two seeded, identically initialised washer models, ``final_map="mpf"`` and ``final_map``,
+    with prototypes built from ``shot_tokens``."""
     import dataclasses
 
     from helpers import quick_config
     from vtfusion.train import build_model
 
     cfg = quick_config(1, final_map="mpf")
-    late = cfg.replace(model=dataclasses.replace(cfg.model, final_map="mpf_vision"))
-    torch.manual_seed(0)
-    plain_model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
-    torch.manual_seed(0)
-    late_model = build_model(late, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
-    shots = torch.rand(2, 3, 240, 240)
-    plain_model.build_prototypes(backbone(shots))
-    late_model.build_prototypes(backbone(shots))
+    models = []
+    for config in (cfg, cfg.replace(model=dataclasses.replace(cfg.model, final_map=final_map))):
+        torch.manual_seed(0)
+        model = build_model(config, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+        model.build_prototypes(shot_tokens)
+        models.append(model)
+    return models
+
+
+def test_final_map_mpf_vision_averages_mf_with_the_squashed_vision_map(backbone):
+    import dataclasses
+
+    plain_model, late_model = twin_models(backbone, "mpf_vision", backbone(torch.rand(2, 3, 240, 240)))
     late_model.map_stats.copy_(torch.tensor([0.0, 1.0, 0.3, 0.1]))
     images = torch.rand(2, 3, 240, 240)
     with torch.no_grad():
@@ -279,7 +286,7 @@ def test_final_map_mpf_vision_averages_mf_with_the_squashed_vision_map(backbone)
                                                               align_corners=False) - 0.3) / 0.1)
     torch.testing.assert_close(both["final"], 0.5 * (plain["final"] + squashed))
     with pytest.raises(ValueError, match="final_map"):
-        dataclasses.replace(cfg.model, final_map="late")
+        dataclasses.replace(plain_model.cfg, final_map="late")
 
 
 def test_calibration_uses_leave_one_out_vision_statistics(backbone):
@@ -298,20 +305,10 @@ def test_calibration_uses_leave_one_out_vision_statistics(backbone):
 
 
 def test_final_map_mpf_knn_averages_mf_with_the_squashed_patch_knn_map(backbone):
-    import dataclasses
+    from vtfusion.model.network import VTFusion
 
-    from helpers import quick_config
-    from vtfusion.train import build_model
-
-    cfg = quick_config(1, final_map="mpf")
-    knn_cfg = cfg.replace(model=dataclasses.replace(cfg.model, final_map="mpf_knn"))
-    torch.manual_seed(0)
-    plain_model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
-    torch.manual_seed(0)
-    knn_model = build_model(knn_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
     shot_tokens = backbone(torch.rand(2, 3, 240, 240))
-    plain_model.build_prototypes(shot_tokens)
-    knn_model.build_prototypes(shot_tokens)
+    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens)
     with torch.no_grad():
         knn_model.calibrate(knn_model.aie(shot_tokens), torch.arange(2), tokens=shot_tokens)
     tokens = backbone(torch.rand(2, 3, 240, 240))
@@ -329,7 +326,7 @@ def test_final_map_mpf_knn_averages_mf_with_the_squashed_patch_knn_map(backbone)
         knn_model.maps_from_features(knn_model.aie(tokens), (240, 240))
     # the shot tokens travel with the checkpoint: a fresh model loads the same maps
     torch.manual_seed(1)
-    restored = build_model(knn_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+    restored = VTFusion(backbone, knn_model.cfg, knn_model.object_name).eval()
     restored.load_state_dict(knn_model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(restored.forward_tokens(tokens, (240, 240))["final"], both["final"])
