@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 export VTFUSION_PROFILE ?= quick
 export PYTHONHASHSEED ?= 0
 
-.PHONY: all install book test test-fast toy shots clean clean-book browser
+.PHONY: all install book-assets book test test-fast toy shots clean clean-book browser
 
 all: test
 
@@ -29,8 +29,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# tools/book_assets.py: pinned MathJax, require.js and widget manager into book/_static/offline
+# (npm registry, once), so that the built book loads nothing from another host.
 book: $(STAMP)
 	$(PY) -m vtfusion.data.toy --ensure
+	$(PY) tools/book_assets.py
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
@@ -47,6 +50,9 @@ test-fast: $(STAMP)
 
 shots: $(STAMP)
 	$(VENV)/bin/vtfusion data shots --all
+
+book-assets:
+	$(PYTHON) tools/book_assets.py
 
 clean-book:
 	rm -rf _build

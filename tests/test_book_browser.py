@@ -8,12 +8,19 @@ makes a rebuild cheap) unless a build made by this test is newer than every sour
 * local images that did not load (``naturalWidth == 0``) and local ``<img>``/``<script>``/
   ``<link>`` resources that the server does not answer with 200;
 * internal links to a missing file, or to a ``#fragment`` with no such ``id``/``name``;
-* browser console errors (SEVERE) coming from our own files on the local server.
+* browser console errors (SEVERE) coming from our own files on the local server;
+* anything the page asks of another host (an ``<img>``/``<script>``/``<link>`` in the live DOM,
+  a fetched resource, a console error about one): the book is offline by design;
+* on pages with math, MathJax output missing (no ``mjx-container`` in a ``.math`` element) or
+  raw TeX (a ``mathcal`` command) left in the visible text;
+* on pages with saved widget state, widgets the embedded widget manager did not render.
 
-External hosts are made unreachable inside the browser (``--host-resolver-rules``): CDN
-assets (MathJax, the widget manager, require.js) cannot load on a machine without network,
-and their failures are reported but never fail the test. Screenshots of the intro and of the
-DAS chapter go to ``test-artifacts/``.
+MathJax, require.js and the widget manager are pinned copies in ``book/_static/offline/``
+(``tools/book_assets.py``, run before the build), not CDN URLs. External hosts are made
+unreachable inside the browser (``--host-resolver-rules``), so a request to one fails fast
+and shows. A static check, without a browser, reads every built ``*.html`` and fails on any
+``<script src>``, ``<link href>`` (stylesheet, preload, icon) or ``<img src>`` on another
+host. Screenshots of the intro and of the DAS chapter go to ``test-artifacts/``.
 
 Chromium and chromedriver are Debian's packages (``tools/ensure_browser.sh`` installs them,
 ``make test`` runs it). Without them the test skips, unless ``VTFUSION_REQUIRE_BROWSER=1``
@@ -51,6 +58,8 @@ ARTIFACTS = REPO / "test-artifacts"
 # Pages screenshotted as test artefacts: the book's root page and one chapter.
 SCREENSHOTS = {"intro.png": "book/intro.html", "chapter-02_das.png": "notebooks/02_das.html"}
 ENSURE = "tools/ensure_browser.sh"
+BOOK_ASSETS = "tools/book_assets.py"
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 
 # Chromium flags. Headless on a machine with no display, no GPU and no network:
 CHROMIUM_FLAGS = [
@@ -59,7 +68,7 @@ CHROMIUM_FLAGS = [
     "--disable-gpu",
     "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm; use /tmp instead
     # Every host but the local server fails at name resolution at once, instead of waiting
-    # for a network that is not there: CDN assets fail fast and deterministically.
+    # for a network that is not there: a request to another host fails fast and shows.
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
     "--no-proxy-server",  # ignore proxy environment variables; 127.0.0.1 is reached directly
     "--disable-background-networking",  # no update/safe-browsing/metrics requests of its own
@@ -119,6 +128,9 @@ def _newest_source_mtime() -> float:
 @pytest.fixture(scope="session")
 def built_book(toy_root) -> Path:
     """``_build/html``, rebuilt unless the last successful build is newer than every source."""
+    # The pinned offline assets first (idempotent; fetched from the npm registry only once).
+    proc = subprocess.run([sys.executable, BOOK_ASSETS], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, f"`python {BOOK_ASSETS}` exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
     fresh = (BUILD_OK_STAMP.is_file() and (HTML / "index.html").is_file()
              and BUILD_OK_STAMP.stat().st_mtime > _newest_source_mtime())
     if not fresh:
@@ -224,6 +236,29 @@ def _http_status(url: str) -> int | str:
         return f"{type(e).__name__}: {e}"
 
 
+class _ExternalLoads(HTMLParser):
+    """``<script src>``, ``<link href>`` (stylesheet, preload, icon, manifest) and ``<img src>``/
+    ``srcset`` of one HTML file that point to another host."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        urls = []
+        if tag == "script":
+            urls.append(a.get("src", ""))
+        elif tag == "link" and re.search(r"stylesheet|preload|icon|manifest", a.get("rel", "").lower()):
+            urls.append(a.get("href", ""))
+        elif tag in ("img", "source"):
+            urls.append(a.get("src", ""))
+            urls += [c.strip().split(" ")[0] for c in a.get("srcset", "").split(",")]
+        for url in urls:
+            if _is_external(url):
+                self.found.append(f"<{tag} {'href' if tag == 'link' else 'src'}={url!r}>")
+
+
 class _Anchors(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -266,6 +301,15 @@ for (const a of document.querySelectorAll('a[href]')) {
                   text: (a.textContent || '').trim().replace(/\\s+/g, ' ').slice(0, 60)});
 }
 for (const e of document.querySelectorAll('[id], a[name]')) { out.ids.push(e.id || e.getAttribute('name')); }
+// everything fetched so far (fonts from CSS, scripts loaded by MathJax or require.js, XHR)
+out.fetched = performance.getEntriesByType('resource').map(r => r.name);
+const maths = Array.from(document.querySelectorAll('.math'));
+out.math = {count: maths.length, rendered: document.querySelectorAll('mjx-container').length,
+            bare: maths.filter(m => !m.querySelector('mjx-container'))
+                       .map(m => (m.textContent || '').trim().slice(0, 60)),
+            rawTeX: (document.body.innerText.match(/\\\\mathcal\\b.{0,30}/g) || []).slice(0, 5)};
+out.widgets = {saved: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
+               rendered: document.querySelectorAll('.jupyter-widgets.lm-Widget, .jupyter-widgets .lm-Widget').length};
 return out;
 """
 
@@ -280,9 +324,39 @@ const pending = imgs.filter(i => !i.complete).map(i => new Promise(r => {
 Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 15000))]).then(() => done(true));
 """
 
+# Waits (bounded) for MathJax to typeset a page with math and the widget manager to render
+# saved widgets. Both scripts are deferred/asynchronous; a page without either returns at once.
+_WAIT_MATH_AND_WIDGETS_JS = """
+const done = arguments[arguments.length - 1];
+const hasMath = document.querySelector('.math') !== null;
+const hasWidgets = document.querySelector('script[type="application/vnd.jupyter.widget-view+json"]') !== null;
+const deadline = Date.now() + 30000;
+function ready() {
+  const mathOk = !hasMath || (window.MathJax && MathJax.startup && MathJax.startup.promise &&
+                              document.querySelector('mjx-container') !== null);
+  const widgetsOk = !hasWidgets || document.querySelector('.jupyter-widgets.lm-Widget, .jupyter-widgets .lm-Widget') !== null;
+  return mathOk && widgetsOk;
+}
+(function poll() {
+  if (ready()) {
+    const p = hasMath && window.MathJax && MathJax.startup ? MathJax.startup.promise : Promise.resolve();
+    p.then(() => done(true), () => done(false));
+  } else if (Date.now() > deadline) { done(false); } else { setTimeout(poll, 100); }
+})();
+"""
+
 
 def _is_local(url: str, base: str) -> bool:
     return url.startswith(base)
+
+
+def _is_external(url: str) -> bool:
+    """An http(s) or protocol-relative URL on a host other than this machine."""
+    url = (url or "").strip()
+    if url.startswith("//"):
+        url = "http:" + url
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme in ("http", "https") and (parts.hostname or "") not in LOCAL_HOSTS
 
 
 def _local_file(url: str, base: str, html: Path) -> Path:
@@ -295,7 +369,7 @@ def _local_file(url: str, base: str, html: Path) -> Path:
 
 
 def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated: list) -> None:
-    """Load ``page`` and append ``(page, problem)`` pairs; external failures go to ``tolerated``."""
+    """Load ``page`` and append ``(page, problem)`` pairs; the browser's own requests go to ``tolerated``."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     url = base + page
@@ -308,6 +382,7 @@ def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated
             WebDriverWait(drv, 30).until(lambda d: d.current_url.split("#")[0] != url)
             WebDriverWait(drv, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
         drv.execute_async_script(_WAIT_IMAGES_JS)
+        drv.execute_async_script(_WAIT_MATH_AND_WIDGETS_JS)
         time.sleep(0.3)  # let deferred and async scripts run and report
         info = drv.execute_script(_COLLECT_JS)
     except Exception as e:  # noqa: BLE001 - report and go on with the other pages
@@ -325,7 +400,7 @@ def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated
             if not img["complete"] or not img["w"]:
                 problems.append((page, f"<img src={label!r}> did not load (naturalWidth={img['w']})"))
         elif src:
-            tolerated.append((page, f"external <img src={label!r}>"))
+            problems.append((page, f"<img src={label!r}> is on another host (the book is offline)"))
         if _is_local(src, base):
             status = _http_status(src.split("#")[0])
             if status != 200:
@@ -335,6 +410,21 @@ def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated
             status = _http_status(res["url"].split("#")[0])
             if status != 200:
                 problems.append((page, f"<{res['tag']} href/src={res['raw']!r}> -> HTTP {status}"))
+        elif _is_external(res["url"]):
+            problems.append((page, f"<{res['tag']} href/src={res['raw']!r}> is on another host"))
+    for fetched in info["fetched"]:
+        if _is_external(fetched):
+            problems.append((page, f"fetched from another host: {fetched}"))
+
+    # (d) math typeset by the local MathJax, widgets rendered by the local widget manager
+    math = info["math"]
+    if math["count"] and (math["bare"] or math["rendered"] < math["count"]):
+        problems.append((page, f"MathJax rendered {math['rendered']} of {math['count']} math elements; "
+                               f"not typeset: {math['bare'][:3]}"))
+    if math["rawTeX"]:
+        problems.append((page, f"raw TeX visible in the page text: {math['rawTeX']}"))
+    if info["widgets"]["saved"] and not info["widgets"]["rendered"]:
+        problems.append((page, f"{info['widgets']['saved']} saved widget view(s), none rendered"))
 
     # (b) internal links: the file exists and so does the #fragment
     page_ids = set(info["ids"])
@@ -356,7 +446,7 @@ def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated
                 problems.append((page, f"{label} -> no element with id or name {frag!r} in "
                                        f"{file.relative_to(html).as_posix()}"))
 
-    # (c) console errors: ours fail, external ones are only reported
+    # (c) console errors: ours fail, and so do requests to other hosts (the book is offline)
     for entry in drv.get_log("browser"):
         if entry.get("level") != "SEVERE":
             continue
@@ -372,8 +462,8 @@ def _check_page(drv, base: str, html: Path, page: str, problems: list, tolerated
             msg = re.sub(r"^(\S+) \d+:\d+ ", r"\1 ", msg)
             msg = msg.replace(current + " ", "<this page> ", 1)
             problems.append((page, f"{kind}: {msg.replace(base, '/')}"))
-        elif source.startswith(("http://", "https://")):
-            tolerated.append((page, f"external: {msg}"))
+        elif _is_external(source):
+            problems.append((page, f"{kind} from another host: {msg}"))
         else:  # no source URL: cannot be shown to be someone else's
             problems.append((page, f"{kind} (no source URL): {msg}"))
 
@@ -396,12 +486,28 @@ def test_every_page_loads_its_images_links_and_scripts(browser_binaries, built_b
     assert not missing, f"pages of _toc.yml that the build did not produce: {missing}"
     problems: list[tuple[str, str]] = []
     tolerated: list[tuple[str, str]] = []
+    math_pages = [p for p in pages if 'class="math' in (built_book / p).read_text(encoding="utf-8")]
+    assert math_pages, "no page of the book has math: the MathJax check would check nothing"
     for page in pages:
         _check_page(driver, server, built_book, page, problems, tolerated)
     if tolerated:  # printed (see -rA, or the captured output of a failure); never a failure itself
-        print(f"Tolerated, not the book's files ({len(tolerated)}; external hosts are unreachable here):")
+        print(f"Tolerated, the browser's own requests ({len(tolerated)}):")
         print("  " + "\n  ".join(_grouped(tolerated)))
     assert not problems, (f"{len(problems)} problem(s) in the built book ({len(pages)} pages checked):\n  "
+                          + "\n  ".join(_grouped(problems)))
+
+
+def test_no_built_page_loads_from_another_host(built_book):
+    """Static, no browser: every built ``*.html`` loads its scripts, styles and images locally."""
+    pages = sorted(built_book.rglob("*.html"))
+    assert pages, f"no HTML files under {built_book}"
+    problems = []
+    for path in pages:
+        parser = _ExternalLoads()
+        parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+        problems += [(path.relative_to(built_book).as_posix(), f) for f in parser.found]
+    assert not problems, (f"{len(problems)} load(s) from another host in the built book ({len(pages)} "
+                          f"HTML files; the book is offline, see {BOOK_ASSETS}):\n  "
                           + "\n  ".join(_grouped(problems)))
 
 
