@@ -17,7 +17,6 @@ chapter shows. Cells are shared with ``bench_recipe.py`` (same cached results).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_recipe import backbone_config, configs  # noqa: E402
+from bench_recipe import backbone_config, configs, grid_parser  # noqa: E402
 from benchutil import Row, environment, grid_table, run_grid  # noqa: E402
 
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
@@ -56,15 +55,7 @@ def targets(summaries: list[dict]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--shots", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--results", type=Path, default=Path("runs/bench/recipe/results"))
-    p.add_argument("--runs", type=Path, default=Path("runs/bench/recipe/runs"))
-    p.add_argument("--out", type=Path, default=Path("runs/bench/pocket.json"))
-    args = p.parse_args(argv)
+    args = grid_parser(__doc__, "pocket", shots=[2, 4]).parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rows = rows_for("pocket", args.iterations) + rows_for("tiny", args.iterations)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,23 +72,29 @@ def claim_rows(backbone: str, iterations: int) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--parts", nargs="+", default=["toy", "claims"], choices=("toy", "real", "claims"))
-    p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"], choices=("tiny", "pocket"))
-    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
+def grid_parser(doc: str, out_name: str, shots: list[int]) -> argparse.ArgumentParser:
+    """The options of a toy-grid quality benchmark: cells (``--shots``, ``--seeds``), the quick
+    schedule's length, torch threads, the shared result and run folders, and the output JSON
+    ``runs/bench/<out_name>.json``."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--shots", type=int, nargs="+", default=shots)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", type=Path, default=Path("runs/bench/recipe/results"))
     p.add_argument("--runs", type=Path, default=Path("runs/bench/recipe/runs"))
-    p.add_argument("--out", type=Path, default=Path("runs/bench/recipe.json"))
+    p.add_argument("--out", type=Path, default=Path(f"runs/bench/{out_name}.json"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = grid_parser(__doc__, "recipe", shots=[1, 2, 4, 8])
+    p.add_argument("--parts", nargs="+", default=["toy", "claims"], choices=("toy", "real", "claims"))
+    p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"], choices=("tiny", "pocket"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "parts": {}}
     if args.out.is_file():  # parts run separately accumulate in one file
-        import json
-
         record["parts"] = json.loads(args.out.read_text()).get("parts", {})
     toy = tuple(dataset_categories("toy"))
     grid = dict(results_root=args.results, runs_root=args.runs)

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vtfusion import paths
-from vtfusion.data.categories import DATASETS, categories
+from vtfusion.data.categories import DATASETS, categories, category_info
 from vtfusion.data.images import (
     IMAGE_EXTENSIONS,
     LABEL_MASK_THRESHOLD,
@@ -328,10 +328,7 @@ def load_dataset(dataset: str, category: str, split: str = "test", root: str | P
 
         root = ensure_toy_dataset()
     if dataset in DATASETS and dataset != "folder":
-        categories(dataset)  # validates the dataset name
-        if category not in DATASETS[dataset]:
-            raise ValueError(f"unknown category {category!r} for dataset {dataset!r}; "
-                             f"valid categories: {', '.join(categories(dataset))}")
+        category_info(dataset, category)  # raises for an unknown category, listing the valid ones
     elif dataset != "folder":
         raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join([*DATASETS, 'folder'])}")
     return MVTecDataset(dataset_root(dataset, root), category, split, image_size, dataset_name=dataset)

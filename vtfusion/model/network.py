@@ -99,6 +99,16 @@ def squash(grid_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     return torch.sigmoid((up - mean) / std)
 
 
+def distance_stats(distances: torch.Tensor, left_out: bool, max_distance: float) -> list[torch.Tensor]:
+    """``[mean, std]`` of a distance map on the training normals, for :func:`squash`.
+
+    Without leave-one-out (``left_out=False``, k = 1) the distances are the shots' own to a
+    bank that holds them, too small; the std is then floored at 5% of ``max_distance``.
+    """
+    floor = 1e-6 if left_out else 0.05 * max_distance
+    return [distances.mean(), distances.std(unbiased=False).clamp_min(floor)]
+
+
 class VTFusion(nn.Module):
     """VTFusion on a frozen backbone.
 
@@ -234,9 +244,7 @@ class VTFusion(nn.Module):
         text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
         stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
         if self.uses_vision:
-            vision = self.bank(features, exclude)
-            floor = 1e-6 if exclude is not None else 0.05 * self.max_distance
-            stats += [vision.mean(), vision.std(unbiased=False).clamp_min(floor)]
+            stats += distance_stats(self.bank(features, exclude), exclude is not None, self.max_distance)
         else:
             stats += [torch.tensor(0.0), torch.tensor(1.0)]
         self.map_stats.copy_(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in stats]))
@@ -244,8 +252,8 @@ class VTFusion(nn.Module):
             if tokens is None:
                 raise ValueError("final_map='mpf_knn' needs the backbone tokens: calibrate(..., tokens=tokens)")
             knn = self.token_bank(tokens_as_features(tokens), exclude)
-            floor = 1e-6 if exclude is not None else 0.05 * 4.0  # unit vectors: squared D <= 4
-            self.knn_stats.copy_(torch.stack([knn.mean(), knn.std(unbiased=False).clamp_min(floor)]).float())
+            # unit vectors, squared distances: D <= 4
+            self.knn_stats.copy_(torch.stack(distance_stats(knn, exclude is not None, 4.0)).float())
 
     @property
     def max_distance(self) -> float:
