@@ -9,7 +9,7 @@ beats the current recipe's :func:`~vtfusion.validation.selection_score` by more 
 ``--margin``, otherwise the current (more faithful) option stays.
 
     .venv/bin/python bench/recipe_selection.py --backbone pocket --shots 2 --seeds 0 --install
-    .venv/bin/python bench/recipe_selection.py --backbone tiny --shots 2 --seeds 0
+    .venv/bin/python bench/recipe_selection.py --backbone tiny --shots 1 2 --seeds 0 --install
 
 writes ``runs/bench/recipe_selection_<backbone>.json`` (and, with ``--install``, the
 package's ``vtfusion/resources/recipe_selection.json`` that :mod:`vtfusion.recipes` and
@@ -36,16 +36,23 @@ from vtfusion.validation import Candidate, compare  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
 #: (stage name, question, alternatives as {label: overrides}); the first label is the status quo.
-#: Sized for a 2-core CPU (about 30 trainings at k = 2); the options left out here (light
+#: Sized for a 2-core CPU (about 100 short trainings at k = 1 and 2); the options left out here (light
 #: augmentation, plain Euclidean distance, a 1x1 adaptor, warm-up) can be added as stages.
 STAGES: list[tuple[str, str, dict[str, dict]]] = [
     ("prototypes", "Eq. 1: average the shots per location, or keep every shot patch?",
      {"mean (Eq. 1)": {}, "memory": {"model.prototypes.bank": "memory"}}),
     ("final map", "M^f: the segmentation network alone (Eq. 9), a learnt vision skip, or a late mean "
-                  "with M^v or with the raw-token nearest-neighbour map",
+                  "with M^v or with the raw-token nearest-neighbour map (a late mean's statistics at "
+                  "k = 1 from the shot itself, or from augmented copies of it)",
      {"phi alone": {}, "vision skip": {"model.mpf.vision_skip": True},
       "mean with M^v": {"model.final_map": "mpf_vision"},
-      "mean with raw-token kNN": {"model.final_map": "mpf_knn"}}),
+      "mean with M^v, k=1 stats from copies": {"model.final_map": "mpf_vision",
+                                               "train.calibration": "augmented_single"},
+      "mean with raw-token kNN": {"model.final_map": "mpf_knn"},
+      "mean with raw-token kNN, k=1 stats from copies": {"model.final_map": "mpf_knn",
+                                                         "train.calibration": "augmented_single"}}),
+    ("statistics", "The late mean's normal statistics at k >= 2: leave-one-out shots, or augmented copies",
+     {"leave-one-out shots": {}, "augmented copies": {"train.calibration": "augmented"}}),
     ("AFS margin", "Eq. 4's margin (r + alpha)^2 = 0.01, or relative to the normal distances",
      {"paper margin": {},
       "relative, 3 neighbours": {"model.prototypes.afs_margin": "relative", "model.prototypes.afs_neighbours": 3}}),
@@ -53,6 +60,8 @@ STAGES: list[tuple[str, str, dict[str, dict]]] = [
      {"adaptor lr 1e-3": {}, "adaptor lr x0.1": {"train.adaptor_lr_scale": 0.1}}),
     ("training normals", "What the normal half of each batch is compared with",
      {"shots vs own bank": {}, "leave-one-out": {"train.leave_one_out": True}}),
+    ("image score", "The image score: max of M^f (Sec. III-D), or max of M^f after a Gaussian of sigma 4",
+     {"max": {}, "smoothed max": {"model.image_score": "smoothed_max"}}),
 ]
 
 

@@ -330,3 +330,72 @@ def test_final_map_mpf_knn_averages_mf_with_the_squashed_patch_knn_map(backbone)
     restored.load_state_dict(knn_model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(restored.forward_tokens(tokens, (240, 240))["final"], both["final"])
+
+
+def test_calibration_from_augmented_copies_of_a_single_shot(backbone):
+    """k = 1: ``shots`` floors the std of the shot's own near-zero distances; the augmented
+    copies are unseen images, so their statistics are taken as they are and are larger."""
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.config import TrainConfig
+    from vtfusion.model.network import distance_stats
+    from vtfusion.train import build_model, calibrate_after_training
+
+    torch.manual_seed(0)
+    shots = torch.rand(1, 3, 240, 240)
+    shot_tokens = backbone(shots)
+    cfg = quick_config(1, final_map="mpf_knn")
+    stats = {}
+    for calibration in ("shots", "augmented_single"):
+        torch.manual_seed(0)
+        model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
+        model.build_prototypes(shot_tokens)
+        tc = dataclasses.replace(cfg.train, calibration=calibration, calibration_views=4)
+        calibrate_after_training(model, shots, shot_tokens, tc)
+        stats[calibration] = model.knn_stats.clone()
+        if calibration == "shots":  # own distances are exactly zero: mean 0, std at the 5% floor of D <= 4
+            torch.testing.assert_close(model.knn_stats, torch.tensor([0.0, 0.2]), atol=1e-5, rtol=0)
+    mean, std = stats["augmented_single"]
+    assert mean > 1e-3 and std > 1e-6 and not torch.allclose(std, torch.tensor(0.2))
+    # the same copies, by hand: distances of the views' tokens to the bank of the one shot
+    gen = torch.Generator().manual_seed(cfg.train.seed + 7919)
+    views = augment_shots(shots.repeat(4, 1, 1, 1), gen, AugmentConfig(kind="light"), False)
+    from vtfusion.model.network import tokens_as_features
+
+    distances = model.token_bank(tokens_as_features(backbone(views)))
+    torch.testing.assert_close(stats["augmented_single"], torch.stack(distance_stats(distances, True, 4.0)))
+    # with k >= 2, augmented_single keeps the leave-one-out statistics of the shots
+    two = torch.rand(2, 3, 240, 240)
+    model.build_prototypes(backbone(two))
+    calibrate_after_training(model, two, backbone(two), tc)
+    expected = model.token_bank(tokens_as_features(backbone(two)), torch.arange(2))
+    torch.testing.assert_close(model.knn_stats, torch.stack(distance_stats(expected, True, 4.0)))
+    with pytest.raises(ValueError, match="calibration"):
+        TrainConfig(calibration="copies")
+    with pytest.raises(ValueError, match="calibration_views"):
+        TrainConfig(calibration_views=0)
+
+
+def test_smoothed_max_image_score_ranks_a_blob_above_a_single_pixel(backbone):
+    import dataclasses
+
+    from helpers import quick_config
+    from vtfusion.model.network import ModelConfig
+    from vtfusion.train import build_model
+
+    spike, blob = torch.zeros(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)
+    spike[0, 0, 20, 20] = 1.0
+    blob[0, 0, 30:38, 30:38] = 0.9
+    finals = torch.cat([spike, blob])
+    cfg = quick_config(1)
+    plain = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
+    smooth_cfg = cfg.replace(model=dataclasses.replace(cfg.model, image_score="smoothed_max", image_score_sigma=2.0))
+    smooth = build_model(smooth_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
+    # the paper's max: the spike wins; smoothed: the blob wins, and equals the filtered map's max
+    assert plain.image_scores(finals).tolist() == [1.0, pytest.approx(0.9)]
+    scores = smooth.image_scores(finals)
+    assert scores[1] > scores[0]
+    torch.testing.assert_close(scores, gaussian_smooth(finals, 2.0).flatten(1).amax(1))
+    with pytest.raises(ValueError, match="image_score"):
+        ModelConfig(image_score="mean")

@@ -87,6 +87,10 @@ class BackboneConfig:
     precision: str = "fp32"
 
 
+#: TrainConfig.calibration: where the late fusions' normal statistics come from.
+CALIBRATIONS = ("shots", "augmented_single", "augmented")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Algorithm 1 schedule and optimiser (paper Sec. IV-A, DESIGN §6).
@@ -109,6 +113,18 @@ class TrainConfig:
             copy of its own prototype (needs k >= 2; ignored for k = 1). False: the paper.
         augment: **[choice]** light augmentation of the shots each iteration
             (:class:`vtfusion.augment.AugmentConfig`; ``none``: the paper).
+        calibration: **[choice, project]** which normal images give the statistics
+            (mean, std) that :meth:`vtfusion.model.network.VTFusion.calibrate` stores
+            after training, read by the late fusions (``final_map="mpf_vision"`` and
+            ``"mpf_knn"``) and by ``ate_aie_fusion="standardised"``; the paper has no
+            such step. ``shots``: the shots themselves, leave-one-out when k >= 2, and
+            with k = 1 the single shot's own (near zero) distances with the std floored
+            at 5% of the largest distance. ``augmented_single``: the same for k >= 2,
+            but with k = 1 ``calibration_views`` light-augmented copies of the shot
+            (:func:`vtfusion.augment.augment_shots`: small shifts, brightness and
+            contrast, flips of textures) against the unaugmented bank, which look like
+            new normal images. ``augmented``: augmented copies at every k.
+        calibration_views: how many augmented copies ``calibration`` makes.
         diagnostics_every: every this many iterations (and in the first 10) the history
             also records the gradient norm each loss sends into the AIE and the AIE's
             relative feature change; 0 turns them off. Speed only: not part of a result.
@@ -128,6 +144,8 @@ class TrainConfig:
     warmup_iterations: int = 0
     leave_one_out: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    calibration: str = "shots"
+    calibration_views: int = 16
     diagnostics_every: int = 25
     monitor_every: int = 50
     deterministic: bool = False
@@ -141,6 +159,11 @@ class TrainConfig:
             raise ValueError("TrainConfig learning rates and adaptor_lr_scale must be >= 0")
         if self.warmup_iterations < 0 or self.diagnostics_every < 0 or self.monitor_every < 0:
             raise ValueError("TrainConfig.warmup_iterations, diagnostics_every and monitor_every must be >= 0")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"TrainConfig.calibration must be one of {', '.join(CALIBRATIONS)}, "
+                             f"got {self.calibration!r}")
+        if self.calibration_views < 1:
+            raise ValueError(f"TrainConfig.calibration_views must be >= 1, got {self.calibration_views}")
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from typing import Callable, Iterator
 import torch
 
 from vtfusion import __version__
-from vtfusion.augment import augment_shots
-from vtfusion.config import ExperimentConfig
+from vtfusion.augment import AugmentConfig, augment_shots
+from vtfusion.config import ExperimentConfig, TrainConfig
 from vtfusion.das import AnomalyTypeSelector, synthesize_batch
 from vtfusion.data.categories import category_info
 from vtfusion.foreground import category_foreground
@@ -266,10 +266,7 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
                 bar.update(1)
                 bar.set_postfix({n: f"{record[n]:.4f}" for n in ("total", *LOSSES) if n in record})
         model.eval()
-        with torch.no_grad():
-            # leave-one-out statistics whenever possible (see VTFusion.calibrate)
-            model.calibrate(model.aie(shot_tokens), torch.arange(k, device=device) if k >= 2 else None,
-                            tokens=shot_tokens)
+        calibrate_after_training(model, shots, shot_tokens, tc, texture)
         if monitor is not None:
             result.monitor.append(_run_monitor(model, monitor, tc.iterations))
     if bar is not None:
@@ -277,6 +274,32 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
     result.seconds = time.perf_counter() - start
     result.iterations = tc.iterations
     return result
+
+
+@torch.no_grad()
+def calibrate_after_training(model: VTFusion, shots: torch.Tensor, shot_tokens: torch.Tensor,
+                             tc: TrainConfig, texture: bool = False) -> None:
+    """Store the normal statistics of the maps (:meth:`VTFusion.calibrate`) as ``tc.calibration`` says.
+
+    ``shots``: ``k x 3 x S x S``; ``shot_tokens``: their backbone tokens. Augmented copies
+    come from their own generator (seeded by ``tc.seed``), so the training draws are
+    unchanged by this choice.
+    """
+    k, device = shots.shape[0], shots.device
+    augmented = tc.calibration == "augmented" or (tc.calibration == "augmented_single" and k == 1)
+    if not augmented:  # leave-one-out statistics whenever possible
+        model.calibrate(model.aie(shot_tokens), torch.arange(k, device=device) if k >= 2 else None,
+                        tokens=shot_tokens)
+        return
+    gen = torch.Generator(device=device).manual_seed(tc.seed + CALIBRATION_SEED_OFFSET)
+    copies = shots.repeat((tc.calibration_views + k - 1) // k, 1, 1, 1)[:tc.calibration_views]
+    views = augment_shots(copies, gen, AugmentConfig(kind="light"), texture)
+    tokens = torch.cat([model.backbone(views[i:i + 32]) for i in range(0, len(views), 32)])
+    model.calibrate(model.aie(tokens), tokens=tokens, unseen=True)
+
+
+#: added to the training seed for the calibration's augmentation draws
+CALIBRATION_SEED_OFFSET = 7919
 
 
 def _progress(total: int, enabled: bool, desc: str):

@@ -6,7 +6,9 @@ One module built from one config. ``forward(images)`` returns every map the book
 * ``text``: ``M^t`` (Eq. 6), ``B x 1 x h x w`` (a sum over ``L`` levels, in (0, L));
 * ``fused``: ``M^vt`` (Eq. 7), ``B x 1 x h x w`` (``full`` variant with ``fusion="mpf"``);
 * ``final``: ``M^f`` (Eq. 9), ``B x 1 x H x W`` in [0, 1], the pixel anomaly scores;
-* ``score``: ``max(M^f)`` per image, ``B``, the image anomaly score (Sec. III-D).
+* ``score``: ``max(M^f)`` per image, ``B``, the image anomaly score (Sec. III-D), or
+  **[choice, project]** the maximum of ``M^f`` after a Gaussian filter
+  (``ModelConfig.image_score``).
 
 Variants, the rows of the paper's Table II (all share this code):
 
@@ -29,12 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtfusion.metrics import gaussian_smooth
 from vtfusion.model.aie import AdaptiveImageEncoder, AIEConfig
 from vtfusion.model.ate import AdaptiveTextEncoder, ATEConfig, text_map
 from vtfusion.model.mpf import MPFConfig, MultimodalPredictionFusion
 from vtfusion.model.prototypes import PrototypeBank, PrototypeConfig
 
 VARIANTS = ("ate", "ate_aie", "full")
+IMAGE_SCORES = ("max", "smoothed_max")
 ATE_AIE_FUSIONS = ("range", "standardised")
 FINAL_MAPS = ("mpf", "mpf_vision", "mpf_knn")
 
@@ -62,6 +66,12 @@ class ModelConfig:
             map, :mod:`vtfusion.patch_knn`), ``(M^f + sigmoid((M^knn - mu) / sigma)) / 2``:
             the projection into the joint space (``ln_post`` + ``proj``, the AIE's start)
             costs localisation that the raw tokens keep, so this term skips it.
+        image_score: **[choice, project]** the image anomaly score: ``max``, the maximum
+            of ``M^f`` (Sec. III-D, the paper), or ``smoothed_max``, the maximum of ``M^f``
+            filtered by a Gaussian of ``image_score_sigma`` pixels, so that a single
+            false-alarm pixel counts less than a blob. The pixel map is never smoothed
+            by this option (``EvalConfig.smoothing_sigma`` does that, for both).
+        image_score_sigma: the Gaussian's sigma in pixels for ``smoothed_max``.
     """
 
     variant: str = "full"
@@ -72,8 +82,15 @@ class ModelConfig:
     seg_weight: float = 1.0
     ate_aie_fusion: str = "range"
     final_map: str = "mpf"
+    image_score: str = "max"
+    image_score_sigma: float = 4.0
 
     def __post_init__(self) -> None:
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"ModelConfig.image_score must be one of {', '.join(IMAGE_SCORES)}, "
+                             f"got {self.image_score!r}")
+        if self.image_score_sigma <= 0:
+            raise ValueError(f"ModelConfig.image_score_sigma must be > 0, got {self.image_score_sigma}")
         if self.final_map not in FINAL_MAPS:
             raise ValueError(f"ModelConfig.final_map must be one of {', '.join(FINAL_MAPS)}, "
                              f"got {self.final_map!r}")
@@ -99,13 +116,14 @@ def squash(grid_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
     return torch.sigmoid((up - mean) / std)
 
 
-def distance_stats(distances: torch.Tensor, left_out: bool, max_distance: float) -> list[torch.Tensor]:
+def distance_stats(distances: torch.Tensor, unseen: bool, max_distance: float) -> list[torch.Tensor]:
     """``[mean, std]`` of a distance map on the training normals, for :func:`squash`.
 
-    Without leave-one-out (``left_out=False``, k = 1) the distances are the shots' own to a
+    ``unseen``: the images are not in the bank (left out, or augmented copies). Otherwise
+    (the single shot, k = 1, with ``calibration="shots"``) the distances are the shots' own to a
     bank that holds them, too small; the std is then floored at 5% of ``max_distance``.
     """
-    floor = 1e-6 if left_out else 0.05 * max_distance
+    floor = 1e-6 if unseen else 0.05 * max_distance
     return [distances.mean(), distances.std(unbiased=False).clamp_min(floor)]
 
 
@@ -213,8 +231,14 @@ class VTFusion(nn.Module):
             if self.uses_vision:
                 grid_map = self._combine(grid_map, out["vision"])
             out["final"] = F.interpolate(grid_map, size=out_size, mode="bilinear", align_corners=False)
-        out["score"] = out["final"].flatten(1).amax(dim=1)
+        out["score"] = self.image_scores(out["final"])
         return out
+
+    def image_scores(self, final: torch.Tensor) -> torch.Tensor:
+        """Image anomaly scores ``B`` from ``M^f`` (``B x 1 x H x W``): ``ModelConfig.image_score``."""
+        if self.cfg.image_score == "smoothed_max":
+            final = gaussian_smooth(final, self.cfg.image_score_sigma)
+        return final.flatten(1).amax(dim=1)
 
     def _combine(self, text: torch.Tensor, vision: torch.Tensor) -> torch.Tensor:
         """``ate_aie``'s ``M^f`` on the grid from ``M^t / L`` and ``M^v`` (``ModelConfig.ate_aie_fusion``)."""
@@ -230,21 +254,24 @@ class VTFusion(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, features: torch.Tensor, exclude: torch.Tensor | None = None,
-                  tokens: torch.Tensor | None = None) -> None:
+                  tokens: torch.Tensor | None = None, unseen: bool | None = None) -> None:
         """Store the mean and std of ``M^t / L`` and ``M^v`` over normal images' AIE features.
 
-        Called at the end of training on the shots, with leave-one-out vision maps
-        (``exclude``) whenever k >= 2, as a shot's distance to a bank that holds it is not
-        what a new normal image gets; ``ate_aie_fusion="standardised"`` and
-        ``final_map="mpf_vision"`` read them. With k = 1 the vision statistics come from
-        the shot's own (too small) distances, with ``sigma_v`` at least 5% of ``D_max``.
-        ``final_map="mpf_knn"`` also needs the features' backbone ``tokens``, for the same
-        statistics of its raw-token map (``knn_stats``).
+        Called at the end of training (``TrainConfig.calibration``): on the shots, with
+        leave-one-out vision maps (``exclude``) whenever k >= 2, as a shot's distance to a
+        bank that holds it is not what a new normal image gets; or on augmented copies of
+        the shots (``unseen=True``: their distances to the bank are taken as they are).
+        ``ate_aie_fusion="standardised"`` and ``final_map="mpf_vision"`` read them. When
+        the images are neither left out nor unseen (the single shot, k = 1), the vision
+        statistics come from its own (too small) distances, with ``sigma_v`` at least 5%
+        of ``D_max``. ``final_map="mpf_knn"`` also needs the features' backbone
+        ``tokens``, for the same statistics of its raw-token map (``knn_stats``).
         """
+        unseen = exclude is not None if unseen is None else unseen
         text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
         stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
         if self.uses_vision:
-            stats += distance_stats(self.bank(features, exclude), exclude is not None, self.max_distance)
+            stats += distance_stats(self.bank(features, exclude), unseen, self.max_distance)
         else:
             stats += [torch.tensor(0.0), torch.tensor(1.0)]
         self.map_stats.copy_(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in stats]))
@@ -253,7 +280,7 @@ class VTFusion(nn.Module):
                 raise ValueError("final_map='mpf_knn' needs the backbone tokens: calibrate(..., tokens=tokens)")
             knn = self.token_bank(tokens_as_features(tokens), exclude)
             # unit vectors, squared distances: D <= 4
-            self.knn_stats.copy_(torch.stack(distance_stats(knn, exclude is not None, 4.0)).float())
+            self.knn_stats.copy_(torch.stack(distance_stats(knn, unseen, 4.0)).float())
 
     @property
     def max_distance(self) -> float:
