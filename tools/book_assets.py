@@ -2,7 +2,8 @@
 
 Without them Sphinx and myst-nb point every page at CDNs (MathJax at cdn.jsdelivr.net,
 require.js at cdnjs.cloudflare.com, the Jupyter widget html-manager at cdn.jsdelivr.net), and
-offline every equation shows raw TeX and no widget appears. This script takes each package at
+offline every equation shows raw TeX and no widget appears. The html-manager would also fetch
+anywidget, the base of the heatmap explorer, from a CDN; its AMD module is served here too. This script takes each package at
 an exact version from the npm registry (``npm pack``), checks the tarball against the pinned
 ``sha512`` integrity, and copies only the files the pages load at run time into
 ``book/_static/offline/`` (gitignored). ``_config.yml`` points ``mathjax_path`` and
@@ -59,6 +60,13 @@ PACKAGES = {
         "version": "1.0.6",
         "integrity": "sha512-+Mn+Ra8wyIHrYaUpfmf9A3dsLkt/NuwzPQN8sthdxBD35VV5cOJbpmgMhNR27n/rmP3mKyEe0PWCJrtZrXTXDQ==",
     },
+    # The front end of the heatmap explorer's widget base (vtfusion/explorer.py): an AMD module
+    # that the html-manager loads through require.js. The same version as the Python pin in
+    # pyproject.toml (tests/test_explorer.py checks), so pages and kernel speak one protocol.
+    "anywidget": {
+        "version": "0.11.0",
+        "integrity": "sha512-LHZgW2j5UjyerZSZcO+BtZPXGMSORQV2bUT480hOR5x/BXS8sOradi/71amJfMueSEnKX0dqPwTfsOGHTsyZpQ==",
+    },
 }
 
 # Files each page refers to (relative to book/_static/, as in _config.yml); --check and the
@@ -67,6 +75,7 @@ ENTRY_POINTS = (
     "offline/mathjax/tex-mml-chtml.js",
     "offline/requirejs/require.js",
     "offline/html-manager/embed-amd.js",
+    "offline/anywidget/index.js",
 )
 
 # MathJax's es5 bundle that the pages load, and the top-level files the loader can still ask for.
@@ -108,10 +117,18 @@ def _copy_html_manager(pkg: Path, dest: Path) -> None:
             shutil.copy2(f, dest / f.name)
 
 
+def _copy_anywidget(pkg: Path, dest: Path) -> None:
+    """``dist/index.js``, the AMD module ``book/_static/widgets_offline.js`` maps ``anywidget`` to."""
+    dest.mkdir(parents=True)
+    shutil.copy2(pkg / "dist" / "index.js", dest / "index.js")
+    shutil.copy2(pkg / "LICENSE", dest / "LICENSE")
+
+
 COPY = {
     "mathjax": ("mathjax", _copy_mathjax),
     "requirejs": ("requirejs", _copy_requirejs),
     "@jupyter-widgets/html-manager": ("html-manager", _copy_html_manager),
+    "anywidget": ("anywidget", _copy_anywidget),
 }
 
 

@@ -1,4 +1,6 @@
-"""Figures for the book: image grids with mask outlines, and plain-text tables.
+"""Figures for the book: image grids with mask outlines, map figures, and plain-text tables.
+
+The interactive map explorer lives in :mod:`vtfusion.explorer` (re-exported here).
 
 Functions take tensors as the data layer returns them (``3 x H x W`` in [0, 1],
 masks ``1 x H x W``) and return the matplotlib figure so notebooks can save it.
@@ -140,41 +142,17 @@ def heatmap_grid(images: Sequence, maps: dict[str, torch.Tensor], masks: Sequenc
 
 
 def heatmap_explorer(images: Sequence, maps: dict[str, torch.Tensor], masks: Sequence | None = None,
-                     titles: Sequence[str] | None = None):
-    """Interactive explorer (ipywidgets): image selector, map type, threshold and opacity.
+                     titles: Sequence[str] | None = None, **options):
+    """The interactive map explorer that runs in the browser, with or without a kernel.
 
-    Returns the widget; display it as the last expression of a cell. Follow it with
-    :func:`heatmap_grid` so static pages still show the maps.
+    See :func:`vtfusion.explorer.heatmap_explorer` for the options (``labels``, ``scores``,
+    ``map_name``, ``compare``, ``threshold``, ``opacity``, ``size``, ``map_size``). Returns the widget;
+    display it as the last expression of a cell and follow it with :func:`heatmap_grid`
+    so that printed pages still show the maps.
     """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
+    from vtfusion.explorer import heatmap_explorer as explorer
 
-    labels = list(titles) if titles else [f"image {i}" for i in range(len(images))]
-    pick = widgets.Dropdown(options=[(t, i) for i, t in enumerate(labels)], value=0, description="image")
-    kind = widgets.Dropdown(options=list(maps), value="final" if "final" in maps else list(maps)[0],
-                            description="map")
-    thr = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.01, description="threshold",
-                              readout_format=".2f", continuous_update=False)
-    alpha = widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="opacity",
-                                continuous_update=False)
-    out = widgets.Output()
-
-    def redraw(*_):
-        k = kind.value
-        lo, hi = float(maps[k].min()), float(maps[k].max())
-        thr.min, thr.max = min(lo, thr.min), max(hi, thr.max)
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(4, 4))
-            draw_heatmap(ax, images[pick.value], maps[k][pick.value],
-                         masks[pick.value] if masks is not None else None, thr.value, alpha.value, lo, hi,
-                         f"{labels[pick.value]}: {k} (red: ground truth, white: >= threshold)")
-            plt.show()
-
-    for w in (pick, kind, thr, alpha):
-        w.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([widgets.HBox([pick, kind]), widgets.HBox([thr, alpha]), out])
+    return explorer(images, maps, masks, titles, **options)
 
 
 # --- the method at a glance ---------------------------------------------------------------

@@ -6,8 +6,8 @@ JavaScript error on every page. The book does not use thebe (it is offline by de
 but a clean console is what the browser test checks, so duplicates are dropped here
 rather than tolerated there.
 
-It also serves the book's third-party browser assets from the book itself: MathJax, require.js
-and the Jupyter widget manager, pinned copies that ``tools/book_assets.py`` puts in
+It also serves the book's third-party browser assets from the book itself: MathJax, require.js,
+the Jupyter widget manager and anywidget's front end (for the heatmap explorer), pinned copies that ``tools/book_assets.py`` puts in
 ``book/_static/offline/`` (``_config.yml`` points ``mathjax_path`` and ``nb_ipywidgets_js`` at
 them). The folder is added to ``html_static_path`` here rather than through a top-level
 ``_static/``, because Jupyter Book would put every ``.js`` under that on every page. A build
@@ -26,6 +26,7 @@ VENDOR_ENTRY_POINTS = (
     "offline/mathjax/tex-mml-chtml.js",
     "offline/requirejs/require.js",
     "offline/html-manager/embed-amd.js",
+    "offline/anywidget/index.js",
 )
 
 

@@ -4,8 +4,11 @@
   // by default; map the module to the local copy whatever the page's depth.
   var here = document.currentScript.src.replace(/[^\/]*$/, "");
   var manager = here + "offline/html-manager";
+  // anywidget (the heatmap explorer's widget base) is not bundled with the manager, which
+  // asks require.js for it first and only then tries a CDN: the local copy answers.
   require.config({paths: {"@jupyter-widgets/html-manager/dist": manager,
-                          "@jupyter-widgets/html-manager": manager + "/embed-amd"}});
+                          "@jupyter-widgets/html-manager": manager + "/embed-amd",
+                          "anywidget": here + "offline/anywidget/index"}});
   // Widget labels are typeset with MathJax 2's MathJax.Hub.Queue; this book runs MathJax 3,
   // so every object assigned to window.MathJax gets a Hub that forwards to typesetPromise.
   var hub = {Queue: function (job) {
