@@ -96,7 +96,8 @@ def test_wheel_ships_its_resources_and_reproduces_outside_the_checkout(tmp_path,
     [wheel] = (tmp_path / "dist").glob("vtfusion-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ("vtfusion/resources/paper/tables.csv", "vtfusion/resources/paper/tables.json",
-                 "vtfusion/resources/shots/mvtec/bottle/k2_seed0.json", "vtfusion/resources/shots/toy/weave/k2_seed0.json"):
+                 "vtfusion/resources/shots/mvtec/bottle/k2_seed0.json", "vtfusion/resources/shots/toy/weave/k2_seed0.json",
+                 "vtfusion/explorer.js", "vtfusion/explorer.css"):
         assert name in names, f"{name} is not in the wheel"
 
     venv = tmp_path / "venv"
@@ -115,13 +116,14 @@ def test_wheel_ships_its_resources_and_reproduces_outside_the_checkout(tmp_path,
                VTFUSION_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     probe = ("import vtfusion; from vtfusion.data.shots import load_shots; from vtfusion.paper_tables import paper_value; "
              "print(vtfusion.__file__); print(load_shots('toy', 'weave', 2, 0).files); "
-             "print(paper_value('I', 'vtfusion', 'mvtec', 'image', k=2))")
+             "print(paper_value('I', 'vtfusion', 'mvtec', 'image', k=2)); "
+             "from vtfusion.explorer import HeatmapExplorer; print('export default' in HeatmapExplorer._esm)")
     out = _run([python, "-c", probe], cwd=work, env=env).stdout.splitlines()
     assert Path(out[0]).resolve().is_relative_to(venv.resolve()), f"imported {out[0]}, not the installed wheel"
-    assert out[2] == "96.8"
+    assert out[2] == "96.8" and out[3] == "True"  # the explorer's front end is package data
     run = _run([venv / "bin" / "vtfusion", "reproduce", "table1", "--profile", "quick", "--categories", "weave",
                 "--shots", "2", "--seeds", "0", "--iterations", "2", "--device", "cpu", "--results", "results",
                 "--runs", "runs", "--quiet"], cwd=work, env=env)
     assert "vtfusion" in run.stdout and "96.8" in run.stdout, run.stdout
-    assert list((work / "results").rglob("*.json"))
+    assert list((work / "results").rglob("*.json")) and list((work / "results").rglob("*.md"))
     assert not (tmp_path / "user_data" / "paper").exists()

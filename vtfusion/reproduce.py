@@ -1,7 +1,9 @@
 """Reproducing the paper's tables cell by cell: ``vtfusion reproduce table1|table2|table3``.
 
 Each table is a grid of (method, k) rows; each row is the mean over categories, then the
-mean +- standard deviation (population, ddof=0) over shot seeds, of every metric. Every
+mean +- standard deviation (population, ddof=0) over shot seeds, of every metric, and under
+``per_category`` each category's own mean +- std over seeds (:mod:`vtfusion.tables` lays
+them out as the paper's tables, in HTML, Markdown and CSV). Every
 (dataset, category, k, seed, method) cell is an evaluation run of :mod:`vtfusion.evaluate`
 with its own result file, so an interrupted reproduction resumes where it stopped.
 
@@ -140,10 +142,28 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([100.0 * v for v in per_seed])
             if reasons:
                 row["null_reasons"] = reasons
+            row["per_category"] = _per_category(per_cell, method.key, k, seeds, cats)
             for level in ("image", "pixel"):
                 row[f"paper_{level}_auroc"] = paper_reference(table, method.key, paper_dataset, level, k)
             rows.append(row)
     return rows
+
+
+def _per_category(per_cell: dict, method: str, k: int, seeds: tuple[int, ...],
+                  cats: tuple[str, ...]) -> dict[str, dict]:
+    """Each category's mean +- std over seeds (%) of every reported metric; ``None`` where
+    a cell's metric is undefined. ``per_cell[(method, k, seed)]`` lists metrics in ``cats`` order."""
+    out = {}
+    for i, category in enumerate(cats):
+        values = {}
+        for metric in REPORTED:
+            per_seed = [per_cell[(method, k, s)][i][metric] for s in seeds]
+            if all(_defined(v) for v in per_seed):
+                values[f"{metric}_mean"], values[f"{metric}_std"] = mean_std([100.0 * v for v in per_seed])
+            else:
+                values[f"{metric}_mean"] = values[f"{metric}_std"] = None
+        out[category] = values
+    return out
 
 
 def run_dataset_for(cfg: ExperimentConfig, paper_dataset: str) -> str:

@@ -151,7 +151,7 @@ def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
                 "cells": sum(len(r.get("cell_files", ())) for r in rows), "rows": rows}
     json_path = atomic_write_json(out_dir / f"{name}.json", document)
     buf = io.StringIO()
-    keys = [k for k in first if k not in ("seeds", "categories", "cell_files", "null_reasons")]
+    keys = [k for k in first if k not in ("seeds", "categories", "cell_files", "null_reasons", "per_category")]
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
