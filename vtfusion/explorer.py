@@ -29,7 +29,8 @@ about 35 kB of page per image with four maps. Each
 map is quantised over its own range across all images (one colour scale per map, as in
 :func:`vtfusion.viz.heatmap_grid`), so the threshold is in the map's units. The histogram's
 image score is the maximum of the map over the image, computed before quantisation: the
-paper's image score is ``max(M^f)`` (Sec. III-D), so for the final map it is the model's score.
+paper's image score is ``max(M^f)`` (Sec. III-D), so for the final map it is the model's score
+(with the default ``ModelConfig.image_score="max"``; pass ``scores`` to show the model's own).
 """
 
 from __future__ import annotations
