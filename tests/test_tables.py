@@ -39,6 +39,8 @@ class _Cells(HTMLParser):
         elif tag in ("td", "th"):
             self._cell = []
             self.spans.append(dict(attrs).get("colspan"))
+        elif tag == "br" and self._cell is not None:
+            self._cell.append(" ")
         elif tag == "span" and self._cell is not None:
             style = dict(attrs).get("style", "")
             colour = re.search(r"color:(#[0-9a-f]{6})", style)
@@ -65,13 +67,13 @@ def test_html_has_category_rows_a_mean_row_and_a_column_group_per_k():
     rows = [_row("vtfusion", k, image=(95.0 + k / 2, 1.0)) for k in (2, 4, 8)]
     parsed = _parse(to_html(layout(rows)))
     header_k, header_metric, *body = parsed.rows
-    assert header_k == ["category", "k = 2", "k = 4", "k = 8"]
-    assert header_metric == ["image AUROC", "pixel AUROC"] * 3
+    assert header_k == ["category", "k = 2 (AUROC)", "k = 4 (AUROC)", "k = 8 (AUROC)"]
+    assert header_metric == ["image", "pixel"] * 3
     assert [r[0] for r in body] == ["bottle", "cable", "mean"]
     assert "3" not in [s for s in parsed.spans if s] and parsed.spans.count("2") == 3  # k groups span 2
     mean = body[-1]
     # k=2 image: ours 96.0 +- 1.0 beside the paper's 96.8: -0.8, red (more than half a point lower)
-    assert mean[1].startswith("96.0 ± 1.0") and "paper 96.8" in mean[1]
+    assert mean[1].startswith("96.0 ± 1.0 96.8")
     assert f"[{tables.COLOURS['lower']}]−0.8" in mean[1]
     # k=8 image: 99.0 vs 96.8 -> +2.2, green
     assert f"[{tables.COLOURS['higher']}]+2.2" in mean[5]
@@ -99,7 +101,7 @@ def test_one_category_is_its_own_mean_and_quick_profile_says_not_comparable():
     rows = [_row("vtfusion", 2, categories=("washer",), profile="quick", dataset="toy")]
     text = to_html(layout(rows))
     body = _parse(text).rows[2:]
-    assert [r[0] for r in body] == ["washer (the only category)"]
+    assert [r[0] for r in body] == ["washer"]
     assert "NOT COMPARABLE" in text and "NOT COMPARABLE" in to_markdown(layout(rows))
 
 
@@ -108,7 +110,7 @@ def test_missing_paper_values_and_undefined_metrics():
     row["image_auroc_mean"] = row["image_auroc_std"] = None
     row["null_reasons"] = {"image_auroc_mean": "no normal test image"}
     body = _parse(to_html(layout([row]))).rows[2:]
-    assert body[-1][1].startswith("n/a") and body[-1][2].endswith("paper –")
+    assert body[-1][1].startswith("n/a") and body[-1][2] == "95.0 ± 0.5 –"
     assert "n/a: no normal test image" in to_markdown(layout([row]))
 
 
@@ -168,7 +170,7 @@ def test_reproduce_writes_markdown_and_csv_beside_its_summary(monkeypatch, tmp_p
     (summary,) = out.glob("table1_*.json")
     md, table_csv = summary.with_suffix(".md"), out / (summary.stem + ".categories.csv")
     assert md.is_file() and table_csv.is_file()
-    assert "| **washer (the only category)** | " in md.read_text()
+    assert "| **washer** | 90.0 ± 1.0 (paper 96.8, -6.8) |" in md.read_text()
     records = list(csv.DictReader(open(table_csv)))
     assert {r["k"] for r in records} == {"2", "4"} and {r["metric"] for r in records} == set(tables.METRIC_LABELS)
     assert str(md) in capsys.readouterr().out

@@ -31,6 +31,8 @@ from typing import Sequence
 #: Label of the mean row of each block.
 MEAN = "mean"
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
+#: Column heads under each k in HTML, short so that three k groups fit a prose column.
+SHORT_LABELS = {"image_auroc": "image", "pixel_auroc": "pixel", "aupro": "AUPRO"}
 #: The paper's Tables I-III report image and pixel AUROC; AUPRO is ours only.
 PAPER_LEVEL = {"image_auroc": "image", "pixel_auroc": "pixel"}
 TABLE_IDS = {"table1": "I", "table2": "II", "table3": "III"}
@@ -97,7 +99,8 @@ class ResultTable:
                 "values are shown only as the reference the paper profile aims at.")
 
     def mean_label(self) -> str:
-        return MEAN if len(self.categories) > 1 else f"{self.categories[0]} (the only category)"
+        """``mean``; with a single category its row is the mean and carries its name."""
+        return MEAN if len(self.categories) > 1 else self.categories[0]
 
 
 def _method_names(table: str, keys: Sequence[str]) -> dict[str, str]:
@@ -184,10 +187,10 @@ def difference_colour(difference: float) -> str:
 
 # ----------------------------------------------------------------------------- HTML
 
-_TABLE_STYLE = "border-collapse:collapse;font-size:0.9em;margin:0.5em 0;width:auto"
-_HEAD_STYLE = "padding:2px 8px;border-bottom:1px solid currentColor;text-align:center"
-_LABEL_STYLE = "padding:2px 8px;text-align:left;white-space:nowrap"
-_CELL_STYLE = "padding:2px 8px;text-align:right;white-space:nowrap;vertical-align:top"
+_TABLE_STYLE = "border-collapse:collapse;font-size:0.85em;margin:0.3em 0;width:auto"
+_HEAD_STYLE = "padding:2px 6px;border-bottom:1px solid currentColor;text-align:center"
+_LABEL_STYLE = "padding:2px 6px;text-align:left;vertical-align:top"
+_CELL_STYLE = "padding:2px 6px;text-align:right;white-space:nowrap;vertical-align:top"
 
 
 def _html_cell(cell: Cell | None, mean_row: bool, extra_style: str = "") -> str:
@@ -195,12 +198,12 @@ def _html_cell(cell: Cell | None, mean_row: bool, extra_style: str = "") -> str:
     if mean_row:
         ours = f"<b>{ours}</b>"
     if cell is None or cell.paper is None:
-        beside = "paper –" if mean_row else ""
+        beside = "–" if mean_row else ""
     else:
         diff = cell.difference
         coloured = ("" if diff is None else
                     f' <span style="color:{difference_colour(diff)};font-weight:600">{_signed(diff)}</span>')
-        beside = f"paper {cell.paper:.1f}{coloured}"
+        beside = f'<span title="the paper\'s value">{cell.paper:.1f}</span>{coloured}'
     small = f'<br><span style="font-size:0.85em">{beside}</span>' if beside else ""
     return f'<td style="{_CELL_STYLE}{extra_style}">{ours}{small}</td>'
 
@@ -210,8 +213,10 @@ def to_html(table: ResultTable, by_category: bool = True, caption: str | None = 
     and mean; see the module docstring for the cells and colours."""
     several = len(table.methods) > 1
     n_metrics = len(table.metrics)
-    head1 = "".join(f'<th colspan="{n_metrics}" style="{_HEAD_STYLE}">k = {k}</th>' for k in table.shots)
-    head2 = "".join(f'<th style="{_HEAD_STYLE}">{html.escape(METRIC_LABELS[m])}</th>'
+    auroc = all(m != "aupro" for m in table.metrics)
+    head1 = "".join(f'<th colspan="{n_metrics}" style="{_HEAD_STYLE}">k = {k}{" (AUROC)" if auroc else ""}</th>'
+                    for k in table.shots)
+    head2 = "".join(f'<th style="{_HEAD_STYLE}">{html.escape(SHORT_LABELS[m])}</th>'
                     for _ in table.shots for m in table.metrics)
     label_heads = (["method"] if several else []) + ["category"]
     label_cells = "".join(f'<th rowspan="2" style="{_HEAD_STYLE};text-align:left">{h}</th>' for h in label_heads)
@@ -226,7 +231,7 @@ def to_html(table: ResultTable, by_category: bool = True, caption: str | None = 
         if several:
             span = sum(1 for m, _ in labels if m == method)
             if start:
-                cells.append(f'<th rowspan="{span}" style="{_LABEL_STYLE};vertical-align:top;'
+                cells.append(f'<th rowspan="{span}" style="{_LABEL_STYLE};'
                              f'border-top:1px solid currentColor">{html.escape(table.method_names[method])}</th>')
         name = table.mean_label() if mean_row else category
         weight = "font-weight:600" if mean_row else "font-weight:400"
@@ -237,12 +242,13 @@ def to_html(table: ResultTable, by_category: bool = True, caption: str | None = 
         body.append("<tr>" + "".join(cells) + "</tr>")
     title = html.escape(_title(table, caption))
     warning = f'<br><b>{html.escape(table.warning)}</b>' if table.warning else ""
-    legend = ("Each cell: ours, mean ± std over shot seeds (%); under it the paper's value and ours − paper "
-              f"(green: higher, red: lower, grey: within {NEUTRAL_BAND} points).")
+    legend = ("Each cell: ours, mean ± std over shot seeds (%); under it the paper's value (a mean over "
+              f"categories) and ours − paper (green: higher, red: lower, grey: within {NEUTRAL_BAND} points).")
     notes = "".join(f"<br>n/a: {html.escape(n)}" for n in table.notes)
-    return (f'<div class="vtfusion-table" style="overflow-x:auto;max-width:100%">'
-            f'<table style="{_TABLE_STYLE}"><caption style="caption-side:top;text-align:left;'
-            f'font-size:0.9em;padding-bottom:4px">{title}{warning}</caption>'
+    # The caption sits outside the table so that it wraps at the column's width, not the table's.
+    return (f'<div class="vtfusion-table" style="overflow-x:auto;max-width:100%;margin-bottom:1em">'
+            f'<div style="font-size:0.9em">{title}{warning}</div>'
+            f'<table style="{_TABLE_STYLE}">'
             f'<thead><tr>{label_cells}{head1}</tr><tr>{head2}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>'
             f'<div style="font-size:0.8em">{legend}{notes}</div></div>')
