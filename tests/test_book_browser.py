@@ -22,6 +22,12 @@ and shows. A static check, without a browser, reads every built ``*.html`` and f
 ``<script src>``, ``<link href>`` (stylesheet, preload, icon) or ``<img src>`` on another
 host. Screenshots of the intro and of the DAS chapter go to ``test-artifacts/``.
 
+On every page with a heatmap explorer (``vtfusion.explorer``, saved as widget state), real
+clicks and drags (Selenium ActionChains) on the next-image button, a map button, the
+threshold slider, the score histogram and the opacity slider must each change the pixels of
+the drawn canvas, with no kernel; a before/after screenshot pair of each explorer goes to
+``test-artifacts/explorer-<chapter>-{before,after}.png``.
+
 Chromium and chromedriver are Debian's packages (``tools/ensure_browser.sh`` installs them,
 ``make test`` runs it). Without them the test skips, unless ``VTFUSION_REQUIRE_BROWSER=1``
 (set by ``make test``), where it fails.
@@ -277,9 +283,14 @@ def _anchors(path: Path) -> frozenset[str]:
     return frozenset(parser.ids)
 
 
+# A view the widget manager rendered: ipywidgets' controls carry `jupyter-widgets`; every view,
+# anywidget's (the heatmap explorer) included, sits in the manager's `widget-subarea`.
+_WIDGET_VIEWS = ("const WIDGET_VIEWS = '.jupyter-widgets.lm-Widget, .jupyter-widgets .lm-Widget, "
+                 ".widget-subarea > .lm-Widget';\n")
+
 # Everything the checks need from one loaded page, read from the live DOM (so links and
 # images added by the theme's scripts count too). `src`/`href` properties are absolute URLs.
-_COLLECT_JS = """
+_COLLECT_JS = _WIDGET_VIEWS + """
 const out = {url: location.href, imgs: [], resources: [], links: [], ids: []};
 for (const img of document.images) {
   out.imgs.push({src: img.currentSrc || img.src, raw: img.getAttribute('src'),
@@ -309,7 +320,7 @@ out.math = {count: maths.length, rendered: document.querySelectorAll('mjx-contai
                        .map(m => (m.textContent || '').trim().slice(0, 60)),
             rawTeX: (document.body.innerText.match(/\\\\mathcal\\b.{0,30}/g) || []).slice(0, 5)};
 out.widgets = {saved: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
-               rendered: document.querySelectorAll('.jupyter-widgets.lm-Widget, .jupyter-widgets .lm-Widget').length};
+               rendered: document.querySelectorAll(WIDGET_VIEWS).length};
 return out;
 """
 
@@ -326,7 +337,7 @@ Promise.race([Promise.all(pending), new Promise(r => setTimeout(r, 15000))]).the
 
 # Waits (bounded) for MathJax to typeset a page with math and the widget manager to render
 # saved widgets. Both scripts are deferred/asynchronous; a page without either returns at once.
-_WAIT_MATH_AND_WIDGETS_JS = """
+_WAIT_MATH_AND_WIDGETS_JS = _WIDGET_VIEWS + """
 const done = arguments[arguments.length - 1];
 const hasMath = document.querySelector('.math') !== null;
 const hasWidgets = document.querySelector('script[type="application/vnd.jupyter.widget-view+json"]') !== null;
@@ -334,7 +345,7 @@ const deadline = Date.now() + 30000;
 function ready() {
   const mathOk = !hasMath || (window.MathJax && MathJax.startup && MathJax.startup.promise &&
                               document.querySelector('mjx-container') !== null);
-  const widgetsOk = !hasWidgets || document.querySelector('.jupyter-widgets.lm-Widget, .jupyter-widgets .lm-Widget') !== null;
+  const widgetsOk = !hasWidgets || document.querySelector(WIDGET_VIEWS) !== null;
   return mathOk && widgetsOk;
 }
 (function poll() {
@@ -527,3 +538,114 @@ def test_screenshots_of_intro_and_a_chapter(browser_binaries, built_book, server
             assert im.width >= 800 and im.height >= 600, f"{out} is only {im.size}"
             colours = im.convert("RGB").resize((160, 125)).getcolors(maxcolors=1 << 16)
             assert colours is None or len(colours) > 16, f"{out} looks blank ({len(colours)} colours)"
+
+
+# ----------------------------------------------------------------------------- the explorers
+
+# Marks a page whose saved widget state holds a heatmap explorer (anywidget's id of the class).
+EXPLORER_MARK = re.compile(r'"_anywidget_id":\s*"vtfusion\.explorer\.HeatmapExplorer"')
+
+# In-page helpers: a copy of a canvas's pixels, and the share of pixels that differ from it.
+_SNAPSHOT_JS = """
+const canvas = arguments[0];
+window.__vtfSnapshots = window.__vtfSnapshots || new Map();
+window.__vtfSnapshots.set(canvas, canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height));
+"""
+_CHANGED_JS = """
+const canvas = arguments[0];
+const before = window.__vtfSnapshots.get(canvas);
+const after = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+if (before.width !== after.width || before.height !== after.height) return 1;
+let changed = 0;
+for (let i = 0; i < after.data.length; i += 4) {
+  if (after.data[i] !== before.data[i] || after.data[i + 1] !== before.data[i + 1] ||
+      after.data[i + 2] !== before.data[i + 2]) changed++;
+}
+return changed / (after.width * after.height);
+"""
+_RENDERED_JS = """
+const c = document.querySelector('.vtf-explorer canvas.vtf-main');
+return c !== null && c.width > 0 && c.height > 0;
+"""
+
+
+def _explorer_pages(html: Path) -> list[str]:
+    return sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")
+                  if EXPLORER_MARK.search(p.read_text(encoding="utf-8", errors="replace")))
+
+
+def _notebooks_with_explorers() -> set[str]:
+    return {f"notebooks/{nb.stem}.html" for nb in (REPO / "notebooks").glob("*.ipynb")
+            if "heatmap_explorer(" in nb.read_text(encoding="utf-8")}
+
+
+def _interact_and_measure(drv, root) -> dict[str, float]:
+    """Real clicks and drags on one explorer; the share of changed pixels after each."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    main = root.find_element(By.CSS_SELECTOR, "canvas.vtf-main")
+    histogram = root.find_element(By.CSS_SELECTOR, "canvas.vtf-histogram")
+    changes: dict[str, float] = {}
+
+    def act(name: str, canvas, action) -> None:
+        drv.execute_script(_SNAPSHOT_JS, canvas)
+        action()
+        time.sleep(0.2)  # drawing is synchronous; leave room for the event loop
+        changes[name] = drv.execute_script(_CHANGED_JS, canvas)
+
+    image = root.find_element(By.CSS_SELECTOR, "select.vtf-image")
+    first = image.get_attribute("value")
+    act("image (next button)", main,
+        lambda: ActionChains(drv).click(root.find_element(By.CSS_SELECTOR, "button.vtf-next")).perform())
+    changes["image (selected index moved)"] = float(image.get_attribute("value") != first)
+    other = root.find_element(By.CSS_SELECTOR, "button.vtf-map[aria-pressed='false']")
+    act("map (button)", main, lambda: ActionChains(drv).click(other).perform())
+    threshold = root.find_element(By.CSS_SELECTOR, "input.vtf-threshold")
+    act("threshold (slider drag)", main, lambda: ActionChains(drv).click_and_hold(threshold)
+        .move_by_offset(-threshold.size["width"] // 4, 0).release().perform())
+    # a click on the histogram, a quarter in from its right end, moves the threshold line
+    act("threshold (histogram click)", histogram, lambda: ActionChains(drv)
+        .move_to_element_with_offset(histogram, histogram.size["width"] // 4, 0).click().perform())
+    opacity = root.find_element(By.CSS_SELECTOR, "input.vtf-opacity")
+    act("opacity (slider drag)", main, lambda: ActionChains(drv).click_and_hold(opacity)
+        .move_by_offset(-opacity.size["width"] // 3, 0).release().perform())
+    return changes
+
+
+def test_explorers_respond_to_clicks_and_drags_without_a_kernel(browser_binaries, built_book, server, driver):
+    """On every page with an explorer: real clicks and drags on the image, map, threshold
+    (slider and histogram) and opacity controls change the drawn pixels. A before/after
+    screenshot pair of each explorer goes to ``test-artifacts/explorer-<page>-{before,after}.png``."""
+    from PIL import Image, ImageChops
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pages = _explorer_pages(built_book)
+    assert set(pages) == _notebooks_with_explorers(), (
+        f"pages with a saved explorer {pages} differ from the notebooks that call heatmap_explorer "
+        f"{sorted(_notebooks_with_explorers())}: an explorer was not saved in the built page")
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems = []
+    for page in pages:
+        stem = Path(page).stem
+        driver.get(server + page)
+        try:
+            WebDriverWait(driver, 60).until(lambda d: d.execute_script(_RENDERED_JS))
+        except Exception:  # noqa: BLE001 - reported with the others
+            problems.append(f"{page}: the explorer did not render within 60 s")
+            continue
+        root = driver.find_element(By.CSS_SELECTOR, ".vtf-explorer")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", root)
+        time.sleep(0.3)
+        shots = {when: ARTIFACTS / f"explorer-{stem}-{when}.png" for when in ("before", "after")}
+        assert root.screenshot(str(shots["before"])), f"screenshot of the explorer on {page} failed"
+        changes = _interact_and_measure(driver, root)
+        assert root.screenshot(str(shots["after"])), f"screenshot of the explorer on {page} failed"
+        problems += [f"{page}: {what} changed no pixel" for what, share in changes.items() if share <= 0]
+        with Image.open(shots["before"]) as before, Image.open(shots["after"]) as after:
+            same_size = before.size == after.size
+            if same_size and ImageChops.difference(before.convert("RGB"), after.convert("RGB")).getbbox() is None:
+                problems.append(f"{page}: the before and after screenshots are identical")
+        print(f"{page}: share of pixels changed " + ", ".join(f"{k} {v:.3f}" for k, v in changes.items()))
+    assert not problems, "explorers that did not respond:\n  " + "\n  ".join(problems)
