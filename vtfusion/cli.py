@@ -115,14 +115,14 @@ def _check_dataset_options(args: argparse.Namespace) -> None:
 
 def check_categories(dataset: str, names: list[str], option: str) -> None:
     """Raise :class:`CLIError` when a category is not one of a known dataset's."""
-    from vtfusion.data.categories import DATASETS, category_info
+    from vtfusion.data import categories, category_info  # local: keeps `vtfusion --help` light (no torch)
 
     for name in names:
         try:
             category_info(dataset, name)
         except ValueError:
             raise CLIError(f"unknown category {name!r} of dataset {dataset}", option,
-                           f"choose from {', '.join(DATASETS[dataset])}") from None
+                           f"choose from {', '.join(categories(dataset))}") from None
 
 
 def check_input_file(path: Path, option: str) -> None:

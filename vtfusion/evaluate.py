@@ -291,7 +291,7 @@ def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: i
     read from an earlier run).
     """
     from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.registry import storage_name
     from vtfusion.train import config_hash, deterministic_algorithms, train_or_load
 
     cell_cfg = cfg.replace(train=_train_with_seed(cfg, seed))
@@ -353,7 +353,7 @@ def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: in
 
     from vtfusion.backbone import build_backbone
     from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.registry import storage_name
     from vtfusion.data.shots import shot_list_for
     from vtfusion.patch_knn import PatchKNN, PatchKNNConfig
 
@@ -404,7 +404,7 @@ def run_zero_shot_cell(cfg: ExperimentConfig, dataset: str, category: str, resul
     import dataclasses
 
     from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.registry import storage_name
     from vtfusion.train import build_model
 
     zs_cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant="ate"))

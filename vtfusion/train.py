@@ -377,7 +377,7 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
     """
     from vtfusion.checkpoint import save_checkpoint
     from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.registry import storage_name
     from vtfusion.data.shots import shot_list_for
     from vtfusion.io import atomic_write_json, file_lock
 
