@@ -294,7 +294,8 @@ def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, 
         return {**previous, "skipped": True, "result_file": str(path)}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
-    cache.prepare_backbone(instance.backbone)
+    if instance.reads_tokens:
+        cache.prepare_backbone(instance.backbone)
     watcher = None
     if monitor:
         if instance.fit_config() is None:

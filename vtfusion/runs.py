@@ -64,11 +64,12 @@ def cell_shots(method: AnomalyMethod, dataset: str, category: str, k: int, seed:
                data_root: str | Path | None = None) -> Shots:
     """The committed k-shot images of a cell, as ``method`` is fitted on them (none for a zero-shot method)."""
     size = method.cfg.data.image_size
+    backbone = method.backbone if method.reads_tokens else None
     if not method.uses_shots:
-        return Shots(torch.empty(0, 3, size, size), dataset, category, seed, (), method.backbone)
+        return Shots(torch.empty(0, 3, size, size), dataset, category, seed, (), backbone)
     train_set = load_dataset(dataset, category, "train", data_root, size)
     shot_list = shot_list_for(train_set, k, seed)
-    return Shots(train_set.load_shots(k, seed), dataset, category, seed, tuple(shot_list.files), method.backbone)
+    return Shots(train_set.load_shots(k, seed), dataset, category, seed, tuple(shot_list.files), backbone)
 
 
 def fit_or_load(method: AnomalyMethod, dataset: str, category: str, k: int, seed: int,

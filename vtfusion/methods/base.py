@@ -171,7 +171,8 @@ class AnomalyMethod(ABC):
 
     @property
     def device(self) -> torch.device:
-        return _device_of(self.backbone)
+        """Where it predicts: its backbone's device (the CPU for a method that reads no tokens)."""
+        return _device_of(self.backbone) if self.reads_tokens else torch.device("cpu")
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the method's result on a cell besides the cell itself, as plain
