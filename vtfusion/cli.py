@@ -75,8 +75,8 @@ INT_RANGES = (
 def validate_args(args: argparse.Namespace) -> None:
     """The one check of a parsed command line, before any work starts; raises :class:`CLIError`.
 
-    Integer ranges (:data:`INT_RANGES`), the dataset and its ``--root``, the methods of
-    ``--methods``, the input files a command declares (``set_defaults(inputs=...)``) and that every output location it declares
+    Integer ranges (:data:`INT_RANGES`), the dataset and its ``--root``, the ``--methods``,
+    the input files a command declares (``set_defaults(inputs=...)``) and that every output location it declares
     (``set_defaults(outputs=...)``) is, or can be created as, a folder this process may write to.
     """
     for rule in INT_RANGES:

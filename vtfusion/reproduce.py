@@ -143,7 +143,7 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
                                 + (" (done before)" if result["skipped"] else ""))
     if bar is not None:
         bar.close()
-    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset, [m.method for m in rows_of])
+    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset, tuple(dict.fromkeys(m.method for m in rows_of)))
     summary_dir = Path(results_root) if results_root is not None else None
     rows = []
     for method in rows_of:

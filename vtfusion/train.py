@@ -212,7 +212,7 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
 
     Args:
         monitor: optional ``monitor(model) -> dict`` of validation numbers (e.g.
-            :func:`vtfusion.validation.map_monitor`), called in eval mode before training,
+            :func:`vtfusion.evaluate.map_monitor`), called in eval mode before training,
             every ``cfg.train.monitor_every`` iterations and at the end. It only observes:
             the last iterate is returned whatever it says.
 

@@ -237,7 +237,7 @@ class AnomalyMethod(ABC):
         return None
 
     def save(self, path: Path, record: dict[str, Any]) -> None:
-        """Write the fitted state (and the fit's ``record``) to ``path`` (needed when :meth:`fit_config` is not None)."""
+        """Write the fitted state and the fit's ``record`` to ``path`` (when :meth:`fit_config` is not None)."""
         raise NotImplementedError(f"{self.name} keeps no fitted state on disk")
 
     def load(self, path: Path, context: FitContext | None = None) -> dict[str, Any]:
