@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vtfusion import train as algorithm  # module attribute: tests replace algorithm.train_vtfusion
+from vtfusion import train as algorithm  # called through the module, so a replaced train_vtfusion (tests) runs
 from vtfusion.checkpoint import load_checkpoint, save_checkpoint
 from vtfusion.config import ExperimentConfig, cell_fields
 from vtfusion.methods.base import AnomalyMethod, FitContext, Prediction, Shots
