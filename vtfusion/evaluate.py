@@ -66,10 +66,6 @@ def _stage(timings: dict[str, float] | None, name: str, device: torch.device) ->
 
 
 
-GRID_MAPS = ("vision", "text", "fused")
-"""The single-modal and fused grid maps a VTFusion model returns besides ``final``."""
-
-
 @torch.no_grad()
 def predict_split(model, split, batch_size: int = 32, cache: FeatureCache | None = None,
                   timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:

@@ -70,7 +70,7 @@ def table_methods(table: str, cfg: ExperimentConfig, methods: tuple[str, ...] | 
     if methods and table != "table1" and tuple(methods) != ("vtfusion",):
         raise ValueError(f"other methods are rows of table1 only; {table} compares configs of VTFusion")
     if table == "table1":
-        return [Method(name, cfg, name, get_method(name).paper_key) for name in (methods or ("vtfusion",))]
+        return [Method(name, cfg, name, get_method(name).paper_key) for name in dict.fromkeys(methods or ("vtfusion",))]
     if table == "table2":
         return [Method(v, cfg.replace(model=dataclasses.replace(cfg.model, variant=v)), paper_key=v)
                 for v in ("ate", "ate_aie", "full")]
