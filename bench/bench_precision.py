@@ -31,7 +31,7 @@ from vtfusion.cache import FeatureCache  # noqa: E402
 from vtfusion.data import load_dataset  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.metrics import evaluate_maps  # noqa: E402
-from vtfusion.train import train_or_load  # noqa: E402
+from vtfusion.runs import train_or_load  # noqa: E402
 
 
 def tokens_in(backbone, images: torch.Tensor, precision: str, device: torch.device, batch: int = 16):

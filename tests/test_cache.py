@@ -19,7 +19,8 @@ from vtfusion.cache import FeatureCache, PerfSettings, split_key, weights_finger
 from vtfusion.data import load_dataset
 from vtfusion.evaluate import evaluate_model, predict_split
 from vtfusion.metrics import evaluate_maps
-from vtfusion.train import build_model, config_hash
+from vtfusion.results import config_hash
+from vtfusion.train import build_model
 
 from helpers import TINY, quick_config
 
@@ -103,7 +104,7 @@ def test_second_evaluation_does_not_run_the_backbone(model, test_split, tmp_path
     timings: dict[str, float] = {}
     first = evaluate_model(model, test_split, cache=cache, timings=timings)
     assert count_calls["images"] == len(test_split)
-    assert set(timings) == {"images", "text", "backbone", "heads", "metrics"}
+    assert set(timings) == {"images", "setup", "backbone", "heads", "metrics"}
     again = evaluate_model(model, test_split, cache=cache)  # memory
     assert cache.stats["tokens_memory_hits"] == 1 and cache.stats["images_memory_hits"] == 1
     fresh = cache_at(tmp_path)

@@ -36,12 +36,12 @@ def test_finished_cell_is_skipped_and_changed_config_is_not(toy_root, backbone, 
     cfg = quick_config(2)
     kwargs = dict(results_root=tmp_path / "res", runs_root=tmp_path / "runs", backbone=backbone)
     first = run_cell(cfg, "toy", "chip", 1, 0, **kwargs)
-    import vtfusion.train as train
+    import vtfusion.evaluate as evaluate
 
     def must_not_train(*args, **kw):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(train, "train_or_load", must_not_train)
+    monkeypatch.setattr(evaluate, "fit_or_load", must_not_train)
     again = run_cell(cfg, "toy", "chip", 1, 0, **kwargs)
     assert again["skipped"] and again["metrics"] == first["metrics"]
     with pytest.raises(AssertionError, match="recomputed"):
@@ -61,10 +61,10 @@ def test_reproduce_resumes_after_an_interruption(toy_root, tmp_path, monkeypatch
     cfg = quick_config(2)
     kwargs = dict(shots=(1,), seeds=(0,), categories=("chip", "weave"), results_root=tmp_path / "res",
                   runs_root=tmp_path / "runs", progress=False)
-    import vtfusion.train as train
+    import vtfusion.evaluate as evaluate
 
     calls = []
-    original = train.train_or_load
+    original = evaluate.fit_or_load
 
     def counting(*args, **kw):
         calls.append(args[2])  # category
@@ -73,7 +73,7 @@ def test_reproduce_resumes_after_an_interruption(toy_root, tmp_path, monkeypatch
         return original(*args, **kw)
 
     counting.interrupt = True
-    monkeypatch.setattr(train, "train_or_load", counting)
+    monkeypatch.setattr(evaluate, "fit_or_load", counting)
     with pytest.raises(KeyboardInterrupt):
         reproduce("table1", cfg, "toy", **kwargs)
     assert calls == ["chip", "weave"]

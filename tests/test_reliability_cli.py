@@ -24,12 +24,12 @@ TRAIN = ["train", "--profile", "quick", "--dataset", "toy", "--category", "washe
 @pytest.fixture
 def no_training(monkeypatch):
     """Fail the test if the CLI ever reaches the trainer."""
-    import vtfusion.train
+    import vtfusion.runs
 
     def trainer_reached(*args, **kwargs):
         raise AssertionError(f"training started: {args[1:5]}")
 
-    monkeypatch.setattr(vtfusion.train, "train_or_load", trainer_reached)
+    monkeypatch.setattr(vtfusion.runs, "train_or_load", trainer_reached)
 
 
 def one_line_error(capsys, option: str) -> str:
@@ -107,12 +107,12 @@ def test_unknown_dataset_and_folder_without_root(no_training, capsys, tmp_path):
 
 
 def test_ctrl_c_exits_130_and_bugs_keep_their_traceback(monkeypatch, capsys, tmp_path):
-    import vtfusion.train
+    import vtfusion.runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vtfusion.train, "train_or_load", interrupted)
+    monkeypatch.setattr(vtfusion.runs, "train_or_load", interrupted)
     try:
         code = main([*TRAIN, "--out", str(tmp_path)])
     except KeyboardInterrupt:  # it must not reach pytest, which would stop the session
@@ -123,7 +123,7 @@ def test_ctrl_c_exits_130_and_bugs_keep_their_traceback(monkeypatch, capsys, tmp
     def bug(*args, **kwargs):
         raise AttributeError("a bug, not a user's mistake")
 
-    monkeypatch.setattr(vtfusion.train, "train_or_load", bug)
+    monkeypatch.setattr(vtfusion.runs, "train_or_load", bug)
     with pytest.raises(AttributeError):
         main([*TRAIN, "--out", str(tmp_path)])
 
@@ -177,12 +177,12 @@ def test_reproduce_folder_needs_categories_and_known_categories_are_checked(no_t
 
 
 def test_train_header_names_the_k_that_runs(monkeypatch, capsys, tmp_path):
-    import vtfusion.train
+    import vtfusion.runs
 
     def stop(cfg, dataset, category, k, seed, **kwargs):
         raise ValueError(f"stopped by the test at k={k}")
 
-    monkeypatch.setattr(vtfusion.train, "train_or_load", stop)
+    monkeypatch.setattr(vtfusion.runs, "train_or_load", stop)
     assert main([*TRAIN, "--shots", "3", "--out", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert "data: toy; k=3;" in captured.out and "k=3" in captured.err

@@ -54,15 +54,16 @@ def _valid_result(**changes) -> dict:
 
 @pytest.fixture
 def fake_cells(monkeypatch):
-    """``run_cell`` replaced by one that writes a valid result file at the real path, without
-    training; ``nan`` lists the categories whose image AUROC is undefined."""
-    import vtfusion.evaluate as evaluate
+    """The cell runner of ``reproduce`` replaced by one that writes a valid result file at the real
+    path, without training; ``nan`` lists the categories whose image AUROC is undefined."""
+    import vtfusion.reproduce as reproduce
     from vtfusion.io import atomic_write_json
-    from vtfusion.train import config_hash
+    from vtfusion.results import config_hash
 
     calls = []
 
-    def fake(cfg, dataset, category, k, seed, method="vtfusion", results_root=None, **kw):
+    def fake(name, cfg, dataset, category, k, seed, folder="vtfusion", results_root=None, **kw):
+        method = folder
         cell_cfg = cfg.replace(train=dataclasses.replace(cfg.train, seed=seed))
         path = result_path(cell_cfg, dataset, category, k, seed, method, results_root)
         metrics = {key: 0.5 for key in METRIC_KEYS}
@@ -76,7 +77,7 @@ def fake_cells(monkeypatch):
 
     fake.nan = ()
     fake.calls = calls
-    monkeypatch.setattr(evaluate, "run_cell", fake)
+    monkeypatch.setattr(reproduce, "run_method", fake)
     return fake
 
 
@@ -134,7 +135,8 @@ def test_summary_of_an_undefined_metric_is_null_with_a_reason(fake_cells, tmp_pa
 # --- 5: a cell's key leaves out the category list ----------------------------------------
 
 def test_category_list_and_other_selections_do_not_change_a_cells_key():
-    from vtfusion.train import config_hash, run_dir
+    from vtfusion.results import config_hash
+    from vtfusion.runs import run_dir
 
     cfg = quick_config(2)
     selected = cfg.replace(data=dataclasses.replace(cfg.data, categories=("chip", "weave"), seeds=(0, 1, 2),
@@ -166,7 +168,7 @@ def fake_training(monkeypatch):
 
 
 def test_reproduce_with_categories_and_train_share_one_run(toy_root, backbone, tmp_path, fake_training):
-    from vtfusion.train import train_or_load
+    from vtfusion.runs import train_or_load
 
     cfg = quick_config(2)
     with_list = cfg.replace(data=dataclasses.replace(cfg.data, categories=("chip", "weave")))
@@ -179,7 +181,7 @@ def test_reproduce_with_categories_and_train_share_one_run(toy_root, backbone, t
 
 def test_corrupt_checkpoint_is_trained_again_with_a_warning(toy_root, backbone, tmp_path, fake_training):
     from vtfusion.checkpoint import read_checkpoint
-    from vtfusion.train import run_dir, train_or_load
+    from vtfusion.runs import run_dir, train_or_load
 
     cfg = quick_config(2)
     model_pt = run_dir(cfg.replace(train=dataclasses.replace(cfg.train, seed=0)), "toy", "chip", 1, 0,
@@ -216,7 +218,7 @@ def test_valid_result_with_null_metrics_is_read(tmp_path):
 
 def test_out_of_range_result_is_recomputed_by_run_cell(toy_root, backbone, tmp_path):
     from vtfusion.evaluate import run_cell
-    from vtfusion.train import config_hash
+    from vtfusion.results import config_hash
 
     cfg = quick_config(1)
     cell_cfg = cfg.replace(train=dataclasses.replace(cfg.train, seed=0))
@@ -271,7 +273,7 @@ def _git(repo: Path, *args: str) -> None:
 
 def test_git_commit_does_not_touch_the_index(tmp_path, monkeypatch):
     from vtfusion import paths
-    from vtfusion.evaluate import git_commit
+    from vtfusion.provenance import git_commit
 
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -295,7 +297,7 @@ def test_git_commit_does_not_touch_the_index(tmp_path, monkeypatch):
 # --- 15: one training per run dir ----------------------------------------------------------
 
 def test_identical_runs_started_together_train_once(toy_root, backbone, tmp_path, fake_training):
-    from vtfusion.train import train_or_load
+    from vtfusion.runs import train_or_load
 
     fake_training.seconds = 1.0
     cfg = quick_config(2)

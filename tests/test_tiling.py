@@ -84,7 +84,7 @@ def test_keep_filter_and_too_small_images(tmp_path) -> None:
 
 
 def test_custom_folders_never_share_runs_or_results(tmp_path) -> None:
-    from vtfusion.data.datasets import storage_name
+    from vtfusion.data.registry import storage_name
 
     a, b = storage_name("folder", tmp_path / "a"), storage_name("folder", tmp_path / "b")
     assert a != b and a.startswith("folder-") and storage_name("folder", tmp_path / "a" / ".." / "a") == a

@@ -10,7 +10,8 @@ import torch
 from vtfusion.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from vtfusion.config import get_profile
 from vtfusion.model.network import ModelConfig
-from vtfusion.train import build_model, train_or_load, train_vtfusion
+from vtfusion.runs import train_or_load
+from vtfusion.train import build_model, train_vtfusion
 
 from helpers import quick_config
 

@@ -12,7 +12,8 @@ import pytest
 from helpers import quick_config
 from vtfusion.data import load_dataset
 from vtfusion.evaluate import run_cell
-from vtfusion.validation import Candidate, compare, map_monitor, selection_score, summarize
+from vtfusion.evaluate import map_monitor
+from vtfusion.validation import Candidate, compare, selection_score, summarize
 
 
 @pytest.fixture(scope="module")

@@ -60,14 +60,18 @@ import socket
 import urllib.error
 import urllib.request
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
 from vtfusion import paths
-from vtfusion.config import BackboneConfig
+from vtfusion.pocket.model import DESCRIPTION, RELEASES, build_pocket_clip, load_released, pocket_tokenizer
 from vtfusion.weights import WEIGHTS_ENV, candidate_weight_paths
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,30 @@ RANDOM_WEIGHTS = "random"
 OFFLINE_ENVS = ("VTFUSION_OFFLINE", "HF_HUB_OFFLINE")
 PRECISIONS = ("fp32", "bf16")
 DOWNLOAD_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The frozen CLIP backbone (DESIGN §1).
+
+    Attributes:
+        arch: open_clip model name, or ``tiny`` for the small random test model.
+        weights: ``laion400m_e32`` (the paper's pretrained tag), a path to a local
+            weights file, or ``random`` (same architecture, random init: speed and
+            mechanics only, never quality).
+        layers: 1-indexed transformer blocks whose output patch tokens are used
+            **[choice]**: (3, 6, 9, 12) is the 12-block analogue of April-GAN's
+            (6, 12, 18, 24) for ViT-L.
+        precision: ``fp32`` (default, also in the paper profile: the paper states no
+            reduced precision) or ``bf16`` (autocast, CUDA only): a speed switch whose map
+            difference ``bench/bench_precision.py`` measures.
+    """
+
+    arch: str = "ViT-B-16-plus-240"
+    weights: str = "laion400m_e32"
+    layers: tuple[int, ...] = (3, 6, 9, 12)
+    precision: str = "fp32"
+
 
 #: The ``tiny`` architecture: open_clip ``CLIP`` keyword arguments. Same input size and
 #: patch size as ViT-B-16-plus-240 (so the same 15 x 15 grid), everything else small.
@@ -111,7 +139,7 @@ def _normalise_name(s: str) -> str:
 
 def pretrained_cfg(arch: str, tag: str) -> dict[str, Any]:
     """open_clip's pretrained config for ``arch``/``tag`` (``{}`` when unknown)."""
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     return dict(open_clip.get_pretrained_cfg(arch, tag) or {})
 
@@ -174,8 +202,6 @@ def download_weights(url: str, dest: Path, sha256_prefix: str = "",
     try:
         with urllib.request.urlopen(url, timeout=timeout) as src, open(part, "wb") as out:
             total = int(src.headers.get("Content-Length") or 0)
-            from tqdm.auto import tqdm
-
             with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
@@ -244,7 +270,7 @@ def resolve_weights_file(arch: str, tag: str, allow_download: bool = True,
             # The release URL is the artifact the tag names (and carries a checksum);
             # preferred over the hub, which may be a different epoch (module docstring).
             return download_weights(url, default_download_path(arch, tag), expected_sha256_prefix(url))
-        import open_clip
+        import open_clip  # local: open_clip is slow to import; only when a model is built
 
         return Path(open_clip.download_pretrained(cfg, prefer_hf_hub=True))
     except (OSError, urllib.error.URLError, socket.timeout, RuntimeError) as err:
@@ -253,7 +279,7 @@ def resolve_weights_file(arch: str, tag: str, allow_download: bool = True,
 
 
 def _tags_of(arch: str) -> list[str]:
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     return list(open_clip.list_pretrained_tags_by_model(arch))
 
@@ -264,7 +290,7 @@ def build_clip(cfg: BackboneConfig, seed: int = 0, allow_download: bool = True) 
     ``random`` weights are drawn from a generator seeded with ``seed`` (the global RNG is
     left untouched), so two random backbones with one seed are identical.
     """
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     if cfg.arch == POCKET_ARCH:
         return _build_pocket(cfg, seed)
@@ -303,8 +329,6 @@ def build_clip(cfg: BackboneConfig, seed: int = 0, allow_download: bool = True) 
 
 def _build_pocket(cfg: BackboneConfig, seed: int) -> tuple[nn.Module, str]:
     """The pocket CLIP with released weights, a weights file, or a seeded random init."""
-    from vtfusion.pocket.model import DESCRIPTION, RELEASES, build_pocket_clip, load_released
-
     if cfg.weights == RANDOM_WEIGHTS:
         return build_pocket_clip(seed), f"pocket CLIP architecture, random init (seed {seed}): mechanics only"
     if cfg.weights in RELEASES:
@@ -315,8 +339,6 @@ def _build_pocket(cfg: BackboneConfig, seed: int) -> tuple[nn.Module, str]:
                                    f"a release ({', '.join(RELEASES)}), 'random', nor an existing file")
     model = build_pocket_clip(seed)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -366,7 +388,7 @@ class FrozenCLIP(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: BackboneConfig, seed: int = 0, allow_download: bool = True) -> "FrozenCLIP":
-        """Build from a :class:`~vtfusion.config.BackboneConfig` (see :func:`build_clip`)."""
+        """Build from a :class:`BackboneConfig` (see :func:`build_clip`)."""
         clip, source = build_clip(cfg, seed=seed, allow_download=allow_download)
         log.info("backbone: %s", source)
         return cls(clip, cfg.layers, cfg.precision, tokenizer=_tokenizer_for(cfg.arch, clip), source=source)
@@ -455,11 +477,9 @@ class FrozenCLIP(nn.Module):
 
 
 def _tokenizer_for(arch: str, clip: nn.Module):
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     if arch == POCKET_ARCH:
-        from vtfusion.pocket.model import pocket_tokenizer
-
         return pocket_tokenizer()
     if arch == TINY_ARCH:
         return open_clip.SimpleTokenizer(context_length=clip.context_length)

@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -55,12 +56,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import PIL
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vtfusion import paths
+from vtfusion.data.images import read_image_and_mask, resize_mask, resize_rgb
 from vtfusion.io import atomic_write, atomic_write_json
+from vtfusion.prompts import build_prompts
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +181,6 @@ def supports(split: Any) -> bool:
 def split_key(split: Any) -> str:
     """Key of a split's decoded images: paths, sizes and mtimes of every file, image size,
     mask threshold, Pillow version. Any edited, added or removed file changes it."""
-    import PIL
-
     files = [_stat(r.image) + _stat(r.mask) for r in split.records]
     return _sha({"format": FORMAT, "pillow": PIL.__version__, "size": split.image_size,
                  "mask_threshold": getattr(split, "mask_threshold", 0), "files": files})
@@ -217,8 +219,6 @@ class _Decode(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from vtfusion.data.images import read_image_and_mask, resize_mask, resize_rgb
-
         rec = self.records[index]
         rgb, mask = read_image_and_mask(rec.image, rec.mask, self.threshold)
         image = torch.tensor(resize_rgb(rgb, self.size)).permute(2, 0, 1)
@@ -348,8 +348,6 @@ class FeatureCache:
 
     def clear(self) -> None:
         """Delete every cached file of this cache's folder and empty the LRU."""
-        import shutil
-
         for sub in ("images", "tokens", "text"):
             shutil.rmtree(self.settings.directory / sub, ignore_errors=True)
         self._memory.clear()
@@ -475,8 +473,6 @@ class FeatureCache:
         for ViT-B-16-plus-240 on a CPU); the result depends only on the backbone's weights,
         the prompt config and the object word. No-op with ``settings.tokens`` off.
         """
-        from vtfusion.prompts import build_prompts
-
         ate, backbone, word = model.ate, model.backbone, model.object_name
         if not self.settings.tokens or ate.has_class_embeddings(word, backbone):
             return

@@ -1,4 +1,6 @@
-"""Checkpoints: trainable parameters, prototypes and config only (a few MB).
+"""Checkpoints of VTFusion: trainable parameters, prototypes and config only (a few MB).
+
+The model's file format; where runs are kept and when one is reused is :mod:`vtfusion.runs`.
 
 The frozen backbone is not saved; it is rebuilt from the config's backbone section.
 Files are written atomically and read with ``torch.load(weights_only=True)``, which
@@ -13,7 +15,9 @@ from typing import Any
 import torch
 
 from vtfusion import __version__
+from vtfusion.config import ExperimentConfig
 from vtfusion.io import atomic_write
+from vtfusion.train import build_model
 
 FORMAT = "vtfusion-checkpoint-1"
 
@@ -60,9 +64,6 @@ def load_checkpoint(path: str | Path, backbone=None, device: str | torch.device 
     ``backbone``: reuse an already built :class:`~vtfusion.backbone.FrozenCLIP` (it must
     match the checkpoint's backbone config); otherwise one is built from the config.
     """
-    from vtfusion.config import ExperimentConfig
-    from vtfusion.train import build_model
-
     payload = read_checkpoint(path)
     config = ExperimentConfig.from_dict(payload["config"])
     model = build_model(config, object_name=payload["object_name"], backbone=backbone, device="cpu")

@@ -7,6 +7,7 @@ Examples::
     vtfusion data download mvtec --root data/mvtec_ad
     vtfusion pocket pretrain --out runs/pocket  # pre-train the pocket CLIP (resumable)
     vtfusion pocket release --run runs/pocket   # package its weights and model card
+    vtfusion list methods                  # registered methods (also: datasets, das-kinds)
 
 Errors are one line, ``error: <what> (<option or file>); <how to fix>``, with exit code 2;
 ``--debug`` (or ``VTFUSION_DEBUG=1``) also prints the traceback.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -24,13 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from vtfusion import __version__
+from vtfusion import __version__, paths
+
+# Commands import what they run inside their function: `vtfusion --help` and argument errors
+# stay fast (no torch). Those function-local imports are marked "local: light CLI".
 
 DEBUG_ENV = "VTFUSION_DEBUG"
 SEED_LIMIT = 2**31
 """Seeds must be in ``[0, SEED_LIMIT)``: every generator the project seeds accepts them."""
-DATASET_NAMES = ("toy", "mvtec", "visa", "real_ad", "folder")
-PAPER_DATASETS = ("mvtec", "visa")
+LISTS = ("methods", "datasets", "das-kinds")
+"""What ``vtfusion list`` prints: the registries (:mod:`vtfusion.registry`)."""
 
 
 # --- errors and argument checks ----------------------------------------------------------
@@ -70,13 +75,14 @@ INT_RANGES = (
 def validate_args(args: argparse.Namespace) -> None:
     """The one check of a parsed command line, before any work starts; raises :class:`CLIError`.
 
-    Integer ranges (:data:`INT_RANGES`), the dataset and its ``--root``, the input files a
-    command declares (``set_defaults(inputs=...)``) and that every output location it declares
+    Integer ranges (:data:`INT_RANGES`), the dataset and its ``--root``, the ``--methods``,
+    the input files a command declares (``set_defaults(inputs=...)``) and that every output location it declares
     (``set_defaults(outputs=...)``) is, or can be created as, a folder this process may write to.
     """
     for rule in INT_RANGES:
         _check_range(args, rule)
     _check_dataset_options(args)
+    _check_methods(args)
     for dest in getattr(args, "inputs", ()):
         for path in _as_list(getattr(args, dest, None)):
             check_input_file(Path(path), "--" + dest if dest != "images" else "image")
@@ -99,30 +105,49 @@ def _check_range(args: argparse.Namespace, rule: IntRange) -> None:
 
 
 def _check_dataset_options(args: argparse.Namespace) -> None:
-    """A known ``--dataset``; ``folder`` needs ``--root`` (and ``--categories`` where they default)."""
+    """A registered ``--dataset``; one without a default location (``folder``) needs ``--root``,
+    one without a category table needs ``--categories`` where they default."""
     dataset = getattr(args, "dataset", None)
     if dataset is None:
         return
-    if dataset not in DATASET_NAMES:
-        raise CLIError(f"unknown dataset {dataset!r}", "--dataset", f"use one of {', '.join(DATASET_NAMES)}")
-    if dataset == "folder" and getattr(args, "root", None) is None:
-        raise CLIError("the folder dataset needs its location", "--root",
+    from vtfusion.data import get_dataset, list_datasets  # local: light CLI
+
+    if dataset not in list_datasets():
+        raise CLIError(f"unknown dataset {dataset!r}", "--dataset", f"use one of {', '.join(list_datasets())}")
+    spec = get_dataset(dataset)
+    if spec.default_root is None and spec.prepare_root is None and getattr(args, "root", None) is None:
+        raise CLIError(f"the {dataset} dataset needs its location", "--root",
                        "give --root <folder in MVTec layout: <root>/<category>/train/good/...>")
-    if dataset == "folder" and hasattr(args, "categories") and not args.categories:
+    if spec.categories is None and hasattr(args, "categories") and not args.categories:
         raise CLIError("a folder dataset has no list of categories to run", "--categories",
                        "name the category folders to run with --categories")
 
 
+def _check_methods(args: argparse.Namespace) -> None:
+    """Every ``--methods`` name is registered, and other methods than VTFusion are asked of table1 only."""
+    methods = getattr(args, "methods", None)
+    if not methods:
+        return
+    from vtfusion.methods import list_methods  # local: light CLI
+
+    for name in methods:
+        if name not in list_methods():
+            raise CLIError(f"unknown method {name!r}", "--methods", f"use one of {', '.join(list_methods())}")
+    if getattr(args, "table", "table1") != "table1" and list(methods) != ["vtfusion"]:
+        raise CLIError(f"{args.table} compares configs of VTFusion; other methods are rows of table1", "--methods",
+                       "run `vtfusion reproduce table1 --methods ...`")
+
+
 def check_categories(dataset: str, names: list[str], option: str) -> None:
     """Raise :class:`CLIError` when a category is not one of a known dataset's."""
-    from vtfusion.data.categories import DATASETS, category_info
+    from vtfusion.data import categories, category_info  # local: light CLI
 
     for name in names:
         try:
             category_info(dataset, name)
         except ValueError:
             raise CLIError(f"unknown category {name!r} of dataset {dataset}", option,
-                           f"choose from {', '.join(DATASETS[dataset])}") from None
+                           f"choose from {', '.join(categories(dataset))}") from None
 
 
 def check_input_file(path: Path, option: str) -> None:
@@ -191,8 +216,8 @@ def debug_requested(args: argparse.Namespace | None) -> bool:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    from vtfusion.data.datasets import dataset_root  # local: light CLI
     from vtfusion.data.download import download_dataset
-    from vtfusion.data.datasets import dataset_root
 
     root = dataset_root(args.name, args.root)
     out = download_dataset(args.name, root, force=args.force, progress=not args.quiet)  # DownloadError: main()
@@ -201,7 +226,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_toy(args: argparse.Namespace) -> int:
-    from vtfusion.data import toy
+    from vtfusion.data import toy  # local: light CLI
 
     argv = ["--seed", str(args.seed)]
     if args.root:
@@ -211,9 +236,10 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 
 def _cmd_shots(args: argparse.Namespace) -> int:
+    from vtfusion.data import get_dataset, list_datasets  # local: light CLI
     from vtfusion.data.shots import SHOT_KS, SHOT_SEEDS, generate_shot_lists
 
-    datasets = ["mvtec", "visa", "toy", "real_ad"] if args.all else [args.dataset]
+    datasets = [n for n in list_datasets() if get_dataset(n).committed_shots] if args.all else [args.dataset]
     if not args.all and args.dataset is None:
         raise CLIError("no dataset chosen", "--dataset", "give --dataset NAME or --all")
     for name in datasets:
@@ -233,9 +259,8 @@ def _cmd_shots(args: argparse.Namespace) -> int:
 
 def _experiment_config(args: argparse.Namespace):
     """The profile's config with the command-line overrides applied."""
-    import dataclasses
-
-    from vtfusion.config import load_config
+    from vtfusion.config import load_config  # local: light CLI
+    from vtfusion.recipes import apply_recipe
 
     cfg = load_config(args.profile)
     backbone = cfg.backbone
@@ -253,15 +278,13 @@ def _experiment_config(args: argparse.Namespace):
     model = dataclasses.replace(cfg.model, variant=args.variant) if args.variant else cfg.model
     cfg = cfg.replace(backbone=backbone, train=train, model=model)
     if args.recipe:
-        from vtfusion.recipes import apply_recipe
-
         cfg = apply_recipe(cfg, args.recipe)
     return cfg
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from vtfusion.config import describe
-    from vtfusion.train import train_or_load
+    from vtfusion.config import describe  # local: light CLI
+    from vtfusion.runs import train_or_load
 
     cfg = _experiment_config(args)
     dataset = args.dataset or cfg.data.dataset
@@ -280,7 +303,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from vtfusion.checkpoint import load_checkpoint
+    from vtfusion.checkpoint import load_checkpoint  # local: light CLI
     from vtfusion.data import load_dataset
     from vtfusion.predict import predict_files
     from vtfusion.train import resolve_device
@@ -303,10 +326,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from vtfusion import paths
-    from vtfusion.config import describe
+    from vtfusion.config import describe  # local: light CLI
     from vtfusion.reproduce import default_shots, format_rows, reproduce, write_summary
     from vtfusion.tables import write_tables
 
@@ -323,7 +343,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     rows = reproduce(args.table, cfg, dataset, shots=shots,
                      seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
                      runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
-                     progress=not args.quiet)
+                     progress=not args.quiet, methods=tuple(args.methods) if args.methods else None)
     print(format_rows(rows))
     out = Path(args.results or paths.results_dir()) / cfg.profile
     json_path, csv_path = write_summary(rows, out)
@@ -340,15 +360,16 @@ def reproduce_datasets(cfg, requested: str | None) -> tuple[str, str]:
     decides: the paper profile runs MVTec AD, the quick profile its own (toy) data, printed
     beside MVTec AD's paper values as a reference.
     """
+    from vtfusion.data import get_dataset  # local: light CLI
     from vtfusion.reproduce import run_dataset_for
 
     if requested is None:
         return run_dataset_for(cfg, "mvtec"), "mvtec"
-    return requested, requested if requested in PAPER_DATASETS else "mvtec"
+    return requested, requested if get_dataset(requested).paper_tables else "mvtec"
 
 
 def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
-    from vtfusion.pocket.pretrain import PretrainConfig, pretrain
+    from vtfusion.pocket.pretrain import PretrainConfig, pretrain  # local: light CLI
 
     cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads)
     state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
@@ -359,7 +380,7 @@ def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_pocket_release(args: argparse.Namespace) -> int:
-    from vtfusion.pocket.release import release
+    from vtfusion.pocket.release import release  # local: light CLI
 
     weights, card = release(args.run, args.name, machine=args.machine)
     print(f"released {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB) with model card {card}")
@@ -367,12 +388,37 @@ def _cmd_pocket_release(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_ls(args: argparse.Namespace) -> int:
-    from vtfusion import paths
-    from vtfusion.results import format_listing, list_results
+    from vtfusion.results import format_listing, list_results  # local: light CLI
 
     root = args.results or paths.results_dir()
     print(format_listing(list_results(root), root))
     return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print(format_registry(args.what))
+    return 0
+
+
+def format_registry(what: str) -> str:
+    """``vtfusion list <what>``: one registered name per line, with its one-line description."""
+    if what == "methods":
+        from vtfusion.methods import get_method, list_methods  # local: light CLI
+
+        entries = [(n, get_method(n).description()) for n in list_methods()]
+    elif what == "datasets":
+        from vtfusion.data import get_dataset, list_datasets  # local: light CLI
+
+        entries = [(n, get_dataset(n).description) for n in list_datasets()]
+    elif what == "das-kinds":
+        from vtfusion.das import get_das_kind, list_das_kinds  # local: light CLI
+
+        entries = [(n, get_das_kind(n).description + (f" (also: {', '.join(get_das_kind(n).aliases)})"
+                                                       if get_das_kind(n).aliases else "")) for n in list_das_kinds()]
+    else:
+        raise CLIError(f"nothing called {what!r} to list", "list", f"use one of {', '.join(LISTS)}")
+    width = max(len(name) for name, _ in entries)
+    return "\n".join(f"{name:<{width}}  {text}".rstrip() for name, text in entries)
 
 
 @contextlib.contextmanager
@@ -380,7 +426,7 @@ def require_masks_scope(enabled: bool) -> Iterator[None]:
     """``--require-masks`` for the duration of one command: ``$VTFUSION_REQUIRE_MASKS``, read
     by every dataset the command opens, is set and then restored (in-process callers of
     :func:`main` do not inherit it)."""
-    from vtfusion.data.datasets import REQUIRE_MASKS_ENV
+    from vtfusion.data.datasets import REQUIRE_MASKS_ENV  # local: light CLI
 
     before = os.environ.get(REQUIRE_MASKS_ENV)
     if enabled:
@@ -447,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = dsub.add_parser("shots", help="write the k-shot lists (vtfusion/resources/shots/...)",
                         description="Write k-shot lists for every category, k and seed. MVTec AD and VisA "
                                     "lists are built from the layout facts in ../shared/datasets, without the archives.")
-    p.add_argument("--dataset", choices=["mvtec", "visa", "toy", "real_ad", "folder"], default=None)
-    p.add_argument("--all", action="store_true", help="every known dataset")
+    p.add_argument("--dataset", default=None, help="a dataset of `vtfusion list datasets`")
+    p.add_argument("--all", action="store_true", help="every dataset whose lists ship with the package")
     p.add_argument("--root", type=Path, default=None, help="dataset folder (needed for --dataset folder)")
     p.add_argument("--k", type=int, nargs="+", default=None, help="shot counts (default 1 2 4 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
@@ -496,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, nargs="+", default=None, help="k values (default 2 4 8; table3: 2)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="shot seeds (default: the profile's)")
     p.add_argument("--categories", nargs="+", default=None, help="subset of categories (default: all)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="table1 only: the registered methods that are rows (default: vtfusion; "
+                        "`vtfusion list methods`), e.g. vtfusion patch_knn zero_shot")
     p.add_argument("--root", type=Path, default=None, help="dataset root")
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
     p.add_argument("--runs", type=Path, default=None, help="trained models folder (default runs/)")
@@ -533,6 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List every table summary and every group of cells without a summary.")
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
     p.set_defaults(func=_cmd_results_ls)
+
+    p = sub.add_parser("list", help="list the registered methods, datasets or DAS anomaly kinds",
+                       description="Print the names registered in one of the package's registries, with a line "
+                                   "about each: methods (rows of `reproduce table1 --methods`), datasets "
+                                   "(--dataset) or das-kinds (DASConfig.types).")
+    p.add_argument("what", choices=LISTS, help="which registry")
+    p.set_defaults(func=_cmd_list)
     return parser
 
 

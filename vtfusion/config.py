@@ -23,12 +23,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from vtfusion import paths
 from vtfusion.augment import AugmentConfig
+from vtfusion.backbone import BackboneConfig
 from vtfusion.das import DASConfig
 from vtfusion.metrics import EvalConfig
 from vtfusion.model.network import ModelConfig
 from vtfusion.recipes import apply_recipe, recipe_of
+from vtfusion.weights import locate_pretrained_weights
 
 PROFILES = ("quick", "paper")
 PROFILE_ENV = "VTFUSION_PROFILE"
@@ -62,29 +66,6 @@ class DataConfig:
             raise ValueError(f"DataConfig.image_size must be >= 1, got {self.image_size}")
         if any(not 0 <= s < 2**31 for s in self.seeds):
             raise ValueError(f"DataConfig.seeds must be in [0, 2**31), got {self.seeds}")
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """The frozen CLIP backbone (DESIGN §1).
-
-    Attributes:
-        arch: open_clip model name, or ``tiny`` for the small random test model.
-        weights: ``laion400m_e32`` (the paper's pretrained tag), a path to a local
-            weights file, or ``random`` (same architecture, random init: speed and
-            mechanics only, never quality).
-        layers: 1-indexed transformer blocks whose output patch tokens are used
-            **[choice]**: (3, 6, 9, 12) is the 12-block analogue of April-GAN's
-            (6, 12, 18, 24) for ViT-L.
-        precision: ``fp32`` (default, also in the paper profile: the paper states no
-            reduced precision) or ``bf16`` (autocast, CUDA only): a speed switch whose map
-            difference ``bench/bench_precision.py`` measures.
-    """
-
-    arch: str = "ViT-B-16-plus-240"
-    weights: str = "laion400m_e32"
-    layers: tuple[int, ...] = (3, 6, 9, 12)
-    precision: str = "fp32"
 
 
 #: TrainConfig.calibration: where the late fusions' normal statistics come from.
@@ -192,6 +173,29 @@ class ExperimentConfig:
         return dataclasses.replace(self, **sections)
 
 
+#: Config fields that do not determine a cell: a cell names its dataset, category, k and
+#: seed itself, so the profile's default dataset/root, the list of categories or seeds a
+#: reproduction loops over and the default k never enter a cell's key (``reproduce
+#: --categories chip weave`` and ``train --category chip`` share chip's run and result).
+NOT_CELL = (("data", "dataset"), ("data", "root"), ("data", "categories"), ("data", "shots"), ("data", "seeds"))
+
+
+def without_fields(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """``cfg.to_dict()`` without the ``dropped`` field paths (``("data", "root")``, ...)."""
+    data = cfg.to_dict()
+    for path in dropped:
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node.pop(path[-1], None)
+    return data
+
+
+def cell_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What of ``cfg`` determines one cell's result: everything but :data:`NOT_CELL`."""
+    return without_fields(cfg, NOT_CELL)
+
+
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Rebuild a (nested) config dataclass from a plain dictionary; lists become tuples.
 
@@ -252,10 +256,6 @@ def get_profile(name: str, recipe: str = "project") -> ExperimentConfig:
 
 def paper_requirements() -> dict[str, bool]:
     """Whether each thing the ``paper`` profile needs is present on this machine."""
-    import torch  # local import: `import vtfusion.config` stays light
-
-    from vtfusion.weights import locate_pretrained_weights
-
     mvtec = paths.default_dataset_root("mvtec")
     return {
         "cuda": torch.cuda.is_available(),

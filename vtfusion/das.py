@@ -34,6 +34,13 @@ and scale with the shorter image side; areas are fractions of the image.
 Public API: :class:`DASConfig`, :func:`synthesize` (one image, numpy or torch),
 :func:`synthesize_batch` (the trainer's path), :class:`AnomalyTypeSelector` and
 :func:`area_bounds`; foreground placement lives in :mod:`vtfusion.foreground`.
+
+The types are registered by name (:class:`DASKind`, :func:`register_das_kind`,
+:func:`list_das_kinds`, :func:`get_das_kind`): a new type is one drawing function and one
+registration, in a new file or here; it is then accepted by ``DASConfig.types``,
+:class:`AnomalyTypeSelector`, :func:`synthesize` and ``vtfusion list das-kinds``. The
+defaults stay the paper's five types (:data:`ALL_KINDS`), so registering one changes no
+existing config or result.
 """
 
 from __future__ import annotations
@@ -42,19 +49,21 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from vtfusion.foreground import ForegroundConfig, category_foreground, foreground_mask, to_gray
+from vtfusion.registry import Registry
 
 __all__ = [
     "ALL_KINDS", "BASE_KINDS", "STRUCTURAL_KINDS", "TEXTURAL_KINDS", "NOISE_KINDS",
-    "AnomalyTypeSelector", "BlurryConfig", "CombinedConfig", "CrackConfig", "DASConfig",
+    "AnomalyTypeSelector", "BlurryConfig", "CombinedConfig", "CrackConfig", "DASConfig", "DASKind",
     "ForegroundConfig", "MisplacedConfig", "NoiseConfig", "area_bounds", "canonical_kind",
-    "category_foreground", "foreground_mask", "make_generator", "synthesize", "synthesize_batch",
+    "category_foreground", "foreground_mask", "get_das_kind", "kind_params", "list_das_kinds", "make_generator",
+    "register_das_kind", "synthesize", "synthesize_batch",
 ]
 
 BASE_KINDS = ("misplaced", "blurry", "crack", "noise")
@@ -62,18 +71,81 @@ ALL_KINDS = BASE_KINDS + ("combined",)
 STRUCTURAL_KINDS = ("misplaced", "blurry")  # paper III-B: mimic structural anomalies
 TEXTURAL_KINDS = ("crack", "noise")  # paper III-B: simulate textural anomalies
 NOISE_KINDS = ("uniform", "gaussian", "positive")
-# Other names for the same types: Table III says "Fuzzy", the literature says "cut-paste".
-KIND_ALIASES = {"fuzzy": "blurry", "blur": "blurry", "cutpaste": "misplaced", "cut-paste": "misplaced",
-                "cut_paste": "misplaced", "all": "combined"}
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class DASKind:
+    """One registered anomaly type.
+
+    Attributes:
+        name: the type's name in ``DASConfig.types`` and Table III.
+        draw: ``draw(d, images, foreground, cfg, strength, area_scale, quantise) -> (altered, region)``
+            on ``n`` images at once: ``d`` the batch's random source (``rand``, ``randn``,
+            ``uniform``, ``log_uniform``, ``integers``, ``points_on``), ``images`` ``n x C x H x W``
+            float in [0, 1], ``foreground`` ``n x H x W`` bool (where anomalies may go),
+            ``cfg`` the :class:`DASConfig`, ``strength`` ``n`` multipliers that grow on redraws,
+            ``area_scale`` ``n`` factors of the area bounds, ``quantise`` rounds to the stored
+            dtype. Returns the altered images and the bool ``n x H x W`` region drawn in; the
+            exact mask (region AND changed) and the redraws are the driver's.
+        description: one line for ``vtfusion list das-kinds``.
+        family: ``structural``, ``textural`` (paper III-B) or ``mixed``.
+        params: the type's parameters when :class:`DASConfig` has no section of its name (a
+            registered new type), an object with at least ``area`` ((min, max) share of the
+            image). Such parameters are not part of a config hash: register another name
+            for other values.
+        aliases: other names accepted for it.
+    """
+
+    name: str
+    draw: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    description: str = ""
+    family: str = "mixed"
+    params: Any = None
+    aliases: tuple[str, ...] = ()
+
+
+DAS_KINDS: Registry[DASKind] = Registry("DAS anomaly kind")
+
+
+def register_das_kind(kind: DASKind, replace: bool = False) -> DASKind:
+    """Make ``kind`` available to ``DASConfig.types``, the selector and :func:`synthesize`."""
+    if kind.params is None and kind.name not in {f.name for f in fields(DASConfig)}:
+        raise ValueError(f"DAS kind {kind.name!r} has no section in DASConfig; give its parameters as params=")
+    return DAS_KINDS.register(kind.name, kind, replace=replace)
+
+
+def list_das_kinds() -> tuple[str, ...]:
+    """Names of the registered anomaly types, in registration order (the paper's five first)."""
+    return DAS_KINDS.names()
+
+
+def get_das_kind(name: str) -> DASKind:
+    """The registered :class:`DASKind` of ``name`` or of one of its aliases."""
+    return DAS_KINDS.get(canonical_kind(name))
+
+
+def _aliases() -> dict[str, str]:
+    """Other names of the registered types (Table III says "Fuzzy", the literature "cut-paste")."""
+    return {a: k for k in list_das_kinds() for a in DAS_KINDS.get(k).aliases}
 
 
 def canonical_kind(kind: str) -> str:
     """The canonical name of an anomaly type (``fuzzy`` -> ``blurry``); ValueError if unknown."""
-    name = KIND_ALIASES.get(str(kind).lower(), str(kind).lower())
-    if name not in ALL_KINDS:
-        raise ValueError(f"unknown DAS anomaly type {kind!r}; choose one of {', '.join(ALL_KINDS)} "
-                         f"(aliases: {', '.join(KIND_ALIASES)})")
+    aliases = _aliases()
+    name = aliases.get(str(kind).lower(), str(kind).lower())
+    if name not in DAS_KINDS:
+        raise ValueError(f"unknown DAS anomaly type {kind!r}; choose one of {', '.join(list_das_kinds())} "
+                         f"(aliases: {', '.join(aliases)})")
     return name
+
+
+def kind_params(cfg: "DASConfig", kind: str) -> Any:
+    """The parameters of ``kind``: its section of ``cfg`` (``cfg.crack``), else its registered ``params``."""
+    name = canonical_kind(kind)
+    return getattr(cfg, name) if name in {f.name for f in fields(cfg)} else DAS_KINDS.get(name).params
 
 
 # --------------------------------------------------------------------------- config
@@ -302,7 +374,7 @@ class DASConfig:
             object.__setattr__(self, "types", (self.types,))
         kinds = tuple(dict.fromkeys(canonical_kind(k) for k in self.types))
         if not kinds:
-            raise ValueError("DASConfig.types is empty; enable at least one of " + ", ".join(ALL_KINDS))
+            raise ValueError("DASConfig.types is empty; enable at least one of " + ", ".join(list_das_kinds()))
         object.__setattr__(self, "types", kinds)
         if not 0.0 <= self.changed_fraction_min <= 1.0:
             raise ValueError(f"DASConfig.changed_fraction_min={self.changed_fraction_min} must be in [0, 1]")
@@ -340,7 +412,7 @@ def area_bounds(kind: str, config: DASConfig | None = None) -> tuple[float, floa
     is smaller than the minimum (see :func:`synthesize_batch`).
     """
     cfg = config or DASConfig()
-    return tuple(getattr(cfg, canonical_kind(kind)).area)  # type: ignore[return-value]
+    return tuple(kind_params(cfg, kind).area)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- selector
@@ -361,7 +433,8 @@ class AnomalyTypeSelector:
     def __init__(self, types: Sequence[str] = ALL_KINDS) -> None:
         kinds = tuple(dict.fromkeys(canonical_kind(k) for k in ([types] if isinstance(types, str) else types)))
         if not kinds:
-            raise ValueError("AnomalyTypeSelector needs at least one type; choose from " + ", ".join(ALL_KINDS))
+            raise ValueError("AnomalyTypeSelector needs at least one type; choose from "
+                             + ", ".join(list_das_kinds()))
         self.types = kinds
 
     @classmethod
@@ -538,7 +611,7 @@ def _bilinear_at(x: torch.Tensor, b: torch.Tensor, sy: torch.Tensor, sx: torch.T
     return torch.where(fy == 0, top, torch.where(fy == 1, bottom, top * (1 - fy) + bottom * fy))
 
 
-def _draw_misplaced(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale):
+def _draw_misplaced(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale, quantise=None):
     """Misplaced type (paper III-B): patches cut from the image and pasted elsewhere.
 
     Each patch is a rectangle of random size, aspect and orientation whose centre lies on
@@ -588,7 +661,7 @@ def _draw_misplaced(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, are
     return out, region
 
 
-def _draw_blurry(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale):
+def _draw_blurry(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale, quantise=None):
     """Blurry type (paper III-B): Gaussian blur inside a random blob region."""
     bc = cfg.blurry
     n, _, h, w = x.shape
@@ -676,7 +749,7 @@ def _dilate3(m: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
 
 
-def _draw_crack(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale):
+def _draw_crack(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale, quantise=None):
     """Crack type (paper III-B): thin irregular branching cracks filled with the image's own texture."""
     cc = cfg.crack
     n, c, h, w = x.shape
@@ -703,7 +776,7 @@ def _draw_crack(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_sc
     return fill, region  # _finalise keeps it inside the region only
 
 
-def _draw_noise(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale):
+def _draw_noise(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale, quantise=None):
     """Noise type (paper III-B): uniform, Gaussian or positive noise inside a random blob."""
     nc = cfg.noise
     n, c, h, w = x.shape
@@ -738,7 +811,14 @@ def _draw_fallback(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area
     return out, region  # _finalise keeps it inside the region only
 
 
-_DRAWERS = {"misplaced": _draw_misplaced, "blurry": _draw_blurry, "crack": _draw_crack, "noise": _draw_noise}
+register_das_kind(DASKind("misplaced", _draw_misplaced, "cut-paste: rotated, maybe mirrored patches pasted "
+                           "elsewhere", "structural", aliases=("cutpaste", "cut-paste", "cut_paste")))
+register_das_kind(DASKind("blurry", _draw_blurry, "Gaussian blur inside a random blob (Table III: fuzzy)",
+                          "structural", aliases=("fuzzy", "blur")))
+register_das_kind(DASKind("crack", _draw_crack, "thin branching cracks filled with a shifted, darkened copy "
+                          "of the image", "textural"))
+register_das_kind(DASKind("noise", _draw_noise, "uniform, Gaussian or positive noise inside a random blob",
+                          "textural"))
 
 
 # --------------------------------------------------------------------------- driver
@@ -774,14 +854,12 @@ def _run_kind(kind: str, x, fg, d: _Draw, cfg: DASConfig, strength: torch.Tensor
     regions they were drawn in (for ``combined``, the union of its parts' masks).
     """
     n, _, h, w = x.shape
-    lo, hi = (cfg.combined.area if kind == "combined" else getattr(cfg, kind).area)
+    lo, hi = kind_params(cfg, kind).area
+    draw = DAS_KINDS.get(kind).draw
     lo_px, hi_px = lo * area_scale * h * w, hi * area_scale * h * w
     s = strength.clone()
     # First draw on all images without copies (most are accepted); redraws on the rest.
-    if kind == "combined":
-        out, region = _draw_combined(d, x, fg, cfg, s, quantise, area_scale)
-    else:
-        out, region = _DRAWERS[kind](d, x, fg, cfg, s, area_scale)
+    out, region = draw(d, x, fg, cfg, s, area_scale, quantise)
     out, mask = _finalise(x, out, region, cfg, quantise)
     drawn = region
     ok = _accepted(mask, region, cfg, lo_px, hi_px)
@@ -793,10 +871,7 @@ def _run_kind(kind: str, x, fg, d: _Draw, cfg: DASConfig, strength: torch.Tensor
         return out, mask, drawn
     for _ in range(cfg.max_retries):
         xs, fs, sc = x[todo], fg[todo], area_scale[todo]
-        if kind == "combined":
-            o, region = _draw_combined(d, xs, fs, cfg, s[todo], quantise, sc)
-        else:
-            o, region = _DRAWERS[kind](d, xs, fs, cfg, s[todo], sc)
+        o, region = draw(d, xs, fs, cfg, s[todo], sc, quantise)
         o, m = _finalise(xs, o, region, cfg, quantise)
         ok = _accepted(m, region, cfg, lo_px[todo], hi_px[todo])
         out[todo[ok]], mask[todo[ok]], drawn[todo[ok]] = o[ok], m[ok], region[ok]
@@ -819,7 +894,7 @@ def _run_kind(kind: str, x, fg, d: _Draw, cfg: DASConfig, strength: torch.Tensor
     return out, mask, drawn
 
 
-def _draw_combined(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, quantise, area_scale):
+def _draw_combined(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, area_scale, quantise):
     """Combined type (Fig. 3): 2..4 distinct base types applied one after the other."""
     cc = cfg.combined
     n = x.shape[0]
@@ -839,6 +914,10 @@ def _draw_combined(d: _Draw, x, fg, cfg: DASConfig, strength: torch.Tensor, quan
         out[sel] = o
         region[sel] |= m
     return out, region
+
+
+register_das_kind(DASKind("combined", _draw_combined, "several of the base types on one image (Fig. 3, "
+                          "last column)", "mixed", aliases=("all",)))
 
 
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -949,7 +1028,7 @@ def _synthesize_batch(images, generator, cfg: DASConfig, foreground, kinds, stre
     masks = torch.zeros(b, h, w, dtype=torch.bool, device=images.device)
     regions = torch.zeros_like(masks)
     ones = torch.ones(b, device=images.device)
-    for kind in ALL_KINDS:  # one group per type, in a fixed order, so the draw sequence is reproducible
+    for kind in list_das_kinds():  # one group per type, in a fixed order, so the draw sequence is reproducible
         idx = [i for i, k in enumerate(kinds) if k == kind]
         if not idx:
             continue

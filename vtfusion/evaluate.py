@@ -1,92 +1,53 @@
-"""Evaluation runs: one result file per (dataset, category, k, seed, method) cell.
+"""Evaluation runs: one result file per (dataset, category, k, seed, method) cell, for every registered method.
 
-A cell trains (or loads) the model of its config, scores the test split in batches and
-writes ``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<confighash>.json``
-with every metric of :mod:`vtfusion.metrics`, the full config and its hash, the shot list,
-the backbone, the package version, the git commit and the wall times. Writes are atomic; a
-rerun finds the file of a finished cell (same config hash) and skips the work; a file that
-fails validation (:mod:`vtfusion.results`) is recomputed with a warning.
+A cell fits its method on the shots (VTFusion trains, or loads a saved run:
+:mod:`vtfusion.runs`), scores the test split in batches and writes
+``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<key>.json`` with every
+metric of :mod:`vtfusion.metrics`, the full config, the method's config and its hash (the
+key, :func:`vtfusion.results.result_key`), the shot list, the backbone, the package
+version, the git commit, the wall times and the method's cost. Writes are atomic; a rerun
+finds the file of a finished cell (same key) and skips the work; a file that fails
+validation (:mod:`vtfusion.results`) is recomputed with a warning.
+
+:func:`run_method` runs any registered method (:mod:`vtfusion.methods`); :func:`run_cell`
+(VTFusion), :func:`run_patch_knn_cell` and :func:`run_zero_shot_cell` are its shortcuts.
 
 Evaluation protocol (DESIGN §7): test images resized to the config's image size (240 px,
-no centre crop), masks nearest-resized, image score = max of the final map.
+no centre crop), masks nearest-resized, image score = the method's (VTFusion: max of the
+final map).
 
 Speed (:mod:`vtfusion.cache`): the test split is decoded once into a ``uint8`` image cache
 and, by default, the frozen backbone's test tokens are computed once and kept on disk in
-``float16``; evaluation then runs only the trained heads (``model.forward_tokens``) in
-batches, so rerunning a cell, another seed, k or ablation variant on the same category
-never recomputes the backbone. The switches (:class:`~vtfusion.cache.PerfSettings`) are
-not part of the config hash; each result file records them under ``eval_cache``.
+``float16``; a method that reads tokens then runs only its own part in batches, so
+rerunning a cell, another method, seed, k or ablation variant on the same category never
+recomputes the backbone. The switches (:class:`~vtfusion.cache.PerfSettings`) are not part
+of the config hash; each result file records them under ``eval_cache``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import subprocess
+import dataclasses
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from vtfusion import __version__, paths
+from vtfusion import __version__
 from vtfusion.cache import FeatureCache, settings_dict, supports
 from vtfusion.config import ExperimentConfig
+from vtfusion.data import load_dataset
+from vtfusion.data.registry import storage_name
 from vtfusion.io import atomic_write_json
+from vtfusion.methods import AnomalyMethod, FitContext, create_method, get_method
+from vtfusion.methods.vtfusion_method import VTFusionMethod
 from vtfusion.metrics import PIXEL_METRIC_KEYS, evaluate_maps, gaussian_smooth
-from vtfusion.results import RESULT_FORMAT, read_cell_result
-
-if TYPE_CHECKING:
-    from vtfusion.patch_knn import PatchKNNConfig
-
-def git_commit() -> str | None:
-    """``HEAD`` of the project checkout (``+dirty`` with uncommitted changes), or None.
-
-    Read-only: ``git status`` and even ``git diff`` refresh and rewrite ``.git/index``
-    (racing the user's own git commands on every evaluated cell), so only plumbing runs,
-    with ``GIT_OPTIONAL_LOCKS=0``: see :func:`_checkout_dirty`.
-    """
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=paths.PROJECT_ROOT,
-                              capture_output=True, text=True, timeout=10, env=env)
-        if head.returncode != 0:
-            return None
-        top, commit = head.stdout.strip().splitlines()
-        return commit + ("+dirty" if _checkout_dirty(Path(top), env) else "")
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-
-
-def _checkout_dirty(top: Path, env: dict[str, str]) -> bool:
-    """Whether tracked files differ from ``HEAD``, without writing the index.
-
-    Staged changes: ``diff --cached`` (index vs HEAD, no stat refresh). Worktree:
-    ``diff-files`` lists files whose stat differs from the index, which includes files
-    merely touched; their content is hashed (``hash-object``, nothing written) and
-    compared with the index's blob.
-    """
-    def git(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=top, capture_output=True, text=True, timeout=30, env=env,
-                              input=stdin)
-
-    if git("diff", "--cached", "--quiet").returncode != 0:
-        return True
-    changed = [f for f in git("diff-files", "--name-only", "-z").stdout.split("\0") if f]
-    if not changed:
-        return False
-    if any(not (top / f).is_file() for f in changed):  # deleted (or replaced by a folder)
-        return True
-    staged = {}
-    for entry in git("ls-files", "-s", "-z", "--", *changed).stdout.split("\0"):
-        if entry:
-            meta, name = entry.split("\t", 1)
-            staged[name] = meta.split()[1]
-    hashed = git("hash-object", "--stdin-paths", stdin="\n".join(changed)).stdout.split()
-    return hashed != [staged.get(f) for f in changed]
+from vtfusion.patch_knn import PatchKNNConfig
+from vtfusion.provenance import git_commit
+from vtfusion.results import RESULT_FORMAT, read_cell_result, result_key, result_path
+from vtfusion.runs import fit_or_load
 
 
 @contextmanager
@@ -104,73 +65,82 @@ def _stage(timings: dict[str, float] | None, name: str, device: torch.device) ->
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
-GRID_MAPS = ("vision", "text", "fused")
-"""The single-modal and fused grid maps a VTFusion model returns besides ``final``."""
-
 
 @torch.no_grad()
 def predict_split(model, split, batch_size: int = 32, cache: FeatureCache | None = None,
                   timings: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
-    """Run ``model`` over a split in batches; returns ``final`` maps, ``score``s, ``masks``, ``labels``.
+    """Run a method (or a VTFusion network) over a split in batches.
 
-    Also the grid maps the model returns (``vision`` ``M^v``, ``text`` ``M^t``, ``fused``
+    Returns ``final`` maps (``N x H x W``), ``score``s, ``masks`` and ``labels``, and the
+    extra maps the method names (VTFusion: ``vision`` ``M^v``, ``text`` ``M^t``, ``fused``
     ``M^vt``; ``N x h x w``), so that each can be scored on its own.
 
     Args:
+        model: an :class:`~vtfusion.methods.base.AnomalyMethod`, or a
+            :class:`~vtfusion.model.network.VTFusion` network (wrapped with
+            :meth:`VTFusionMethod.from_model <vtfusion.methods.vtfusion_method.VTFusionMethod.from_model>`).
         cache: where decoded images and backbone tokens come from (:mod:`vtfusion.cache`);
             ``None`` means ``FeatureCache.from_env()`` (on disk by default),
             ``FeatureCache.disabled()`` decodes and runs the backbone every time.
         timings: if given, seconds per stage are added to it: ``images`` (decode and
-            resize, or cache read), ``text`` (prompt-ensemble embedding), ``backbone``
-            (tokens: computed or read) and ``heads`` (AIE, prototypes, ATE, MPF).
+            resize, or cache read), ``setup`` (the method's :meth:`prepare`: VTFusion's
+            prompt-ensemble embedding), ``backbone`` (tokens: computed or read) and
+            ``heads`` (the method's own part: VTFusion's AIE, prototypes, ATE, MPF).
     """
-    device = next(model.aie.parameters()).device
-    model.eval()
-    if not supports(split):  # e.g. a split opened without resizing: the sample-by-sample path
-        return _predict_samples(model, split, batch_size)
     cache = FeatureCache.from_env() if cache is None else cache
+    method = model if isinstance(model, AnomalyMethod) else VTFusionMethod.from_model(model, text_cache=cache)
+    if method.context.text_cache is None:
+        method.context.text_cache = cache
+    device = method.device
+    if not supports(split):  # e.g. a split opened without resizing: the sample-by-sample path
+        return _predict_samples(method, split, batch_size)
     with _stage(timings, "images", device):
         data = cache.images(split)
-    with _stage(timings, "text", device):
-        cache.prime_text(model)
-        model.text_features()
+    with _stage(timings, "setup", device):
+        method.prepare()
     size = tuple(data.images.shape[-2:])
-    finals, scores = [], []
-    grids: dict[str, list[torch.Tensor]] = {}
-    if cache.settings.tokens:
-        with _stage(timings, "backbone", device):
-            tokens = cache.tokens(model.backbone, split, data, batch_size)
-    else:
-        cache.prepare_backbone(model.backbone)
+    tokens = None
+    if method.reads_tokens:
+        if cache.settings.tokens:
+            with _stage(timings, "backbone", device):
+                tokens = cache.tokens(method.backbone, split, data, batch_size)
+        else:
+            cache.prepare_backbone(method.backbone)
+    finals, scores, extra = [], [], {}
     for start in range(0, len(split), batch_size):
         stop = min(len(split), start + batch_size)
-        if cache.settings.tokens:
+        batch_tokens = images = None
+        if tokens is not None:
             batch_tokens = tokens[start:stop].to(device, non_blocking=True).float()
-        else:
+        elif method.reads_tokens:
             with _stage(timings, "backbone", device):
-                batch_tokens = model.backbone(data.batch(start, stop, device))
+                batch_tokens = method.backbone(data.batch(start, stop, device))
+        else:
+            images = data.batch(start, stop, device)
         with _stage(timings, "heads", device):
-            out = model.forward_tokens(batch_tokens, size)
-            finals.append(out["final"][:, 0].float().cpu())
-            scores.append(out["score"].float().cpu())
-            for name in GRID_MAPS:
-                if name in out and out[name].shape[1] == 1:
-                    grids.setdefault(name, []).append(out[name][:, 0].float().cpu())
+            pred = method.predict(images, batch_tokens, size)
+            _collect(pred, method, finals, scores, extra)
     return {"final": torch.cat(finals), "score": torch.cat(scores), "masks": data.masks.float(),
-            "labels": torch.tensor(split.labels), **{n: torch.cat(v) for n, v in grids.items()}}
+            "labels": torch.tensor(split.labels), **{n: torch.cat(v) for n, v in extra.items()}}
 
 
-def _predict_samples(model, split, batch_size: int) -> dict[str, torch.Tensor]:
-    device = next(model.aie.parameters()).device
-    finals, scores, masks = [], [], []
+def _collect(pred, method: AnomalyMethod, finals: list, scores: list, extra: dict[str, list]) -> None:
+    finals.append(pred.maps.float().cpu())
+    scores.append(pred.scores.float().cpu())
+    for name in method.map_names:
+        if name in pred.extra_maps:
+            extra.setdefault(name, []).append(pred.extra_maps[name].float().cpu())
+
+
+def _predict_samples(method: AnomalyMethod, split, batch_size: int) -> dict[str, torch.Tensor]:
+    method.prepare()
+    finals, scores, masks, extra = [], [], [], {}
     for start in range(0, len(split), batch_size):
         samples = [split[i] for i in range(start, min(start + batch_size, len(split)))]
-        out = model(torch.stack([s["image"] for s in samples]).to(device))
-        finals.append(out["final"][:, 0].float().cpu())
-        scores.append(out["score"].float().cpu())
+        _collect(method.predict(torch.stack([s["image"] for s in samples])), method, finals, scores, extra)
         masks.append(torch.stack([s["mask"][0] for s in samples]))
     return {"final": torch.cat(finals), "score": torch.cat(scores), "masks": torch.cat(masks),
-            "labels": torch.tensor(split.labels)}
+            "labels": torch.tensor(split.labels), **{n: torch.cat(v) for n, v in extra.items()}}
 
 
 def score_predictions(pred: dict[str, torch.Tensor], smoothing_sigma: float = 0.0,
@@ -228,18 +198,28 @@ def _unmeasured(split, metrics: dict[str, dict]) -> dict:
     return {"null_reasons": {f"{where[name]}.{key}": reason for name in metrics for key in PIXEL_METRIC_KEYS}}
 
 
-def result_path(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str,
-                root: str | Path | None = None, split: str = "test", key: str | None = None) -> Path:
-    """``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<key>[_val].json``.
+def map_monitor(split, backbone, cache: FeatureCache | None = None,
+                smoothing_sigma: float = 0.0) -> Callable:
+    """``monitor(model) -> {"<map>_<metric>": value}`` on a validation split.
 
-    ``key`` defaults to the config's hash, so a cell run with other options never
-    overwrites this one; results on the validation split end in ``_val``.
+    Scores ``final`` (``M^f``), ``vision`` (``M^v``) and ``text`` (``M^t``) for image and
+    pixel AUROC. The split's tokens come from ``cache`` (computed once, then read from
+    memory), so a call costs only the trained heads. Give it to training
+    (:func:`vtfusion.runs.train_or_load`, :func:`run_cell` with ``monitor=True``).
     """
-    from vtfusion.train import config_hash
+    if split.split == "test":
+        raise ValueError("map_monitor watches a validation split; monitoring the test split would let "
+                         "it steer choices (load the 'val' split)")
+    cache = FeatureCache.from_env() if cache is None else cache
+    cache.prepare_backbone(backbone)
 
-    base = Path(root) if root is not None else paths.results_dir()
-    suffix = "" if split == "test" else f"_{split}"
-    return base / cfg.profile / dataset / method / category / f"k{k}_seed{seed}_{key or config_hash(cfg)}{suffix}.json"
+    def monitor(model) -> dict:
+        scored = score_predictions(predict_split(model, split, cache=cache), smoothing_sigma,
+                                   ("final", "vision", "text"))
+        return {f"{name}_{metric}": m[metric] for name, m in scored.items()
+                for metric in ("image_auroc", "pixel_auroc")}
+
+    return monitor
 
 
 def read_result(path: str | Path) -> dict | None:
@@ -271,59 +251,62 @@ def _write_result(path: Path, cfg: ExperimentConfig, key: str, split_data, metri
     return {**result, "skipped": False, "result_file": str(path)}
 
 
-def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str = "vtfusion",
-             results_root: str | Path | None = None, runs_root: str | Path | None = None,
-             data_root: str | Path | None = None, backbone=None, progress: bool = False,
-             cache: FeatureCache | None = None, split: str = "test", monitor: bool = False) -> dict:
-    """Train or load, evaluate and record one cell; a finished cell with the same config is reused.
+def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
+               options: Any = None, folder: str | None = None, results_root: str | Path | None = None,
+               runs_root: str | Path | None = None, data_root: str | Path | None = None, backbone=None,
+               progress: bool = False, cache: FeatureCache | None = None, split: str = "test",
+               monitor: bool = False) -> dict:
+    """Fit (or load), evaluate and record one cell of a registered method; a finished cell is reused.
 
-    ``cache``: decoded-image and backbone-token caches (:mod:`vtfusion.cache`); ``None``
-    means ``FeatureCache.from_env()``. Share one across cells (as ``reproduce`` does) so
-    that cells of one category reuse its test tokens from memory.
+    Args:
+        method: a name of :func:`vtfusion.methods.list_methods`.
+        options: the method's own options (its ``options_type``; default: its defaults).
+        folder: the results folder of the method (default: its name; ``reproduce`` uses
+            ``<table>-<row>``).
+        backbone: a frozen backbone to share (built from ``cfg.backbone`` when None).
+        cache: decoded-image and backbone-token caches (:mod:`vtfusion.cache`); ``None``
+            means ``FeatureCache.from_env()``. Share one across cells (as ``reproduce``
+            does) so that every method and cell of a category reuses its test tokens.
+        split: ``test``, or ``val`` where a dataset has a validation split (the toy data):
+            every choice of a default is made on ``val`` (:mod:`vtfusion.validation`).
+        monitor: when the method trains, score the validation maps during training
+            (:func:`map_monitor`; needs a ``val`` split).
 
-    ``split``: ``test``, or ``val`` where a dataset has a validation split (the toy data):
-    every choice of a default is made on ``val`` (:mod:`vtfusion.validation`).
-    ``monitor``: when training, score the validation maps during training
-    (:func:`vtfusion.validation.map_monitor`; needs a ``val`` split).
-
-    Returns the result dictionary (``metrics`` of ``M^f``, ``map_metrics`` of ``M^v``,
-    ``M^t`` and ``M^vt``, ``config``, timing, provenance; ``skipped`` tells whether it was
-    read from an earlier run).
+    A method without shots (``uses_shots = False``) runs once per category as ``k = 0``,
+    ``seed = 0``. Returns the result dictionary (``metrics`` of the final map,
+    ``map_metrics`` of the method's other maps, ``config``, ``method_config``, ``cost``,
+    timing, provenance; ``skipped`` tells whether it was read from an earlier run).
     """
-    from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
-    from vtfusion.train import config_hash, deterministic_algorithms, train_or_load
-
-    cell_cfg = cfg.replace(train=_train_with_seed(cfg, seed))
-    key = config_hash(cell_cfg)
-    path = result_path(cell_cfg, storage_name(dataset, data_root), category, k, seed, method, results_root,
-                       split, key)
+    if not get_method(method).uses_shots:
+        k, seed = 0, 0
+    instance = create_method(method, cfg.replace(train=dataclasses.replace(cfg.train, seed=seed)),
+                             backbone=backbone, options=options)
+    cell_cfg = instance.cfg
+    key = result_key(instance.config())
+    path = result_path(cell_cfg, storage_name(dataset, data_root), category, k, seed, folder or method,
+                       results_root, split, key)
     previous = read_result(path)
     if previous is not None and previous.get("config_hash") == key:
         return {**previous, "skipped": True, "result_file": str(path)}
     start = time.perf_counter()
     cache = FeatureCache.from_env() if cache is None else cache
-    if backbone is None and (cache.settings.compile or monitor):  # shared by training and the monitor
-        from vtfusion.backbone import build_backbone
-
-        backbone = build_backbone(cell_cfg.backbone, seed=cell_cfg.train.seed)  # as build_model would
-    if backbone is not None:
-        cache.prepare_backbone(backbone)
+    if instance.reads_tokens:
+        cache.prepare_backbone(instance.backbone)
     watcher = None
     if monitor:
-        from vtfusion.validation import map_monitor
-
+        if instance.fit_config() is None:
+            raise ValueError(f"monitor=True watches a method while it trains; {method!r} does not train")
         watcher = map_monitor(load_dataset(dataset, category, "val", data_root, cell_cfg.data.image_size),
-                              backbone, cache, cell_cfg.eval.smoothing_sigma)
-    model, info = train_or_load(cell_cfg, dataset, category, k, seed, root=runs_root, data_root=data_root,
-                                backbone=backbone, progress=progress, cache=cache, monitor=watcher)
+                              instance.backbone, cache, cell_cfg.eval.smoothing_sigma)
+    info = fit_or_load(instance, dataset, category, k, seed, runs_root, data_root,
+                       FitContext(progress=progress, monitor=watcher, text_cache=cache))
     evaluated = load_dataset(dataset, category, split, data_root, cell_cfg.data.image_size)
     t_eval = time.perf_counter()
     stages: dict[str, float] = {}
-    with deterministic_algorithms(cell_cfg.train.deterministic):
-        metrics = evaluate_model(model, evaluated, cache=cache, timings=stages,
-                                 smoothing_sigma=cell_cfg.eval.smoothing_sigma,
-                                 maps=("final", "vision", "text", "fused"))
+    pred = predict_split(instance, evaluated, cache=cache, timings=stages)
+    with _stage(stages, "metrics", torch.device("cpu")):
+        metrics = score_predictions(pred, cell_cfg.eval.smoothing_sigma, ("final", *instance.map_names),
+                                    pixel_metrics=has_masks(evaluated))
     timing = {
         "shots": info.get("shots"),
         "train_seconds": None if info.get("loaded") else info.get("seconds"),
@@ -332,15 +315,31 @@ def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: i
         "eval_stage_seconds": stages,
         "eval_cache": settings_dict(cache),
         "wall_seconds": time.perf_counter() - start,
+        "method_config": instance.config(),
+        "cost": instance.cost.to_dict(),
     }
     return _write_result(path, cell_cfg, key, evaluated, metrics, timing, dataset=dataset,
                          **_unmeasured(evaluated, metrics),
                          data_root=str(data_root) if data_root is not None else None,
-                         category=category, k=k, seed=seed, method=method)
+                         category=category, k=k, seed=seed, method=folder or method)
+
+
+def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str = "vtfusion",
+             results_root: str | Path | None = None, runs_root: str | Path | None = None,
+             data_root: str | Path | None = None, backbone=None, progress: bool = False,
+             cache: FeatureCache | None = None, split: str = "test", monitor: bool = False) -> dict:
+    """VTFusion on one cell (:func:`run_method` of ``vtfusion``): train or load, evaluate, record.
+
+    ``method``: the results folder of the cell (default ``vtfusion``). The result's
+    ``metrics`` are those of ``M^f``, its ``map_metrics`` those of ``M^v``, ``M^t`` and ``M^vt``.
+    """
+    return run_method("vtfusion", cfg, dataset, category, k, seed, folder=method, results_root=results_root,
+                      runs_root=runs_root, data_root=data_root, backbone=backbone, progress=progress, cache=cache,
+                      split=split, monitor=monitor)
 
 
 def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
-                       knn: "PatchKNNConfig | None" = None, results_root: str | Path | None = None,
+                       knn: PatchKNNConfig | None = None, results_root: str | Path | None = None,
                        data_root: str | Path | None = None, backbone=None, cache: FeatureCache | None = None,
                        split: str = "test", method: str = "patch_knn") -> dict:
     """The training-free patch-kNN reference (:mod:`vtfusion.patch_knn`) on one cell.
@@ -349,89 +348,13 @@ def run_patch_knn_cell(cfg: ExperimentConfig, dataset: str, category: str, k: in
     :func:`run_cell`; the result is keyed by the backbone, image size, smoothing and
     the :class:`~vtfusion.patch_knn.PatchKNNConfig`, not by VTFusion's training options.
     """
-    import dataclasses
-
-    from vtfusion.backbone import build_backbone
-    from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
-    from vtfusion.data.shots import shot_list_for
-    from vtfusion.patch_knn import PatchKNN, PatchKNNConfig
-
-    knn = knn or PatchKNNConfig()
-    payload = {"backbone": cfg.backbone, "image_size": cfg.data.image_size, "eval": cfg.eval, "patch_knn": knn}
-    key = hashlib.sha256(json.dumps({n: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                                     for n, v in payload.items()}, sort_keys=True).encode()).hexdigest()[:12]
-    path = result_path(cfg, storage_name(dataset, data_root), category, k, seed, method, results_root, split, key)
-    previous = read_result(path)
-    if previous is not None and previous.get("config_hash") == key:
-        return {**previous, "skipped": True, "result_file": str(path)}
-    start = time.perf_counter()
-    cache = FeatureCache.from_env() if cache is None else cache
-    backbone = backbone if backbone is not None else build_backbone(cfg.backbone, seed=0)
-    cache.prepare_backbone(backbone)
-    train = load_dataset(dataset, category, "train", data_root, cfg.data.image_size)
-    shot_list = shot_list_for(train, k, seed)
-    device = next(backbone.parameters()).device
-    t_fit = time.perf_counter()
-    model = PatchKNN(knn).fit(backbone(train.load_shots(k, seed).to(device)))
-    fit_seconds = time.perf_counter() - t_fit
-    evaluated = load_dataset(dataset, category, split, data_root, cfg.data.image_size)
-    t_eval = time.perf_counter()
-    data = cache.images(evaluated)
-    tokens = cache.tokens(backbone, evaluated, data)
-    out = model.predict_tokens(tokens.to(device).float(), tuple(data.images.shape[-2:]))
-    pred = {"final": out["final"][:, 0].cpu(), "score": out["score"].cpu(), "masks": data.masks.float(),
-            "labels": torch.tensor(evaluated.labels)}
-    metrics = score_predictions(pred, cfg.eval.smoothing_sigma, pixel_metrics=has_masks(evaluated))
-    timing = {"shots": list(shot_list.files), "train_seconds": fit_seconds, "model_loaded_from_cache": False,
-              "eval_seconds": time.perf_counter() - t_eval, "eval_cache": settings_dict(cache),
-              "wall_seconds": time.perf_counter() - start, "patch_knn": dataclasses.asdict(knn)}
-    return _write_result(path, cfg, key, evaluated, metrics, timing, dataset=dataset,
-                         **_unmeasured(evaluated, metrics),
-                         data_root=str(data_root) if data_root is not None else None,
-                         category=category, k=k, seed=seed, method=method)
+    return run_method("patch_knn", cfg, dataset, category, k, seed, options=knn, folder=method,
+                      results_root=results_root, data_root=data_root, backbone=backbone, cache=cache, split=split)
 
 
 def run_zero_shot_cell(cfg: ExperimentConfig, dataset: str, category: str, results_root: str | Path | None = None,
                        data_root: str | Path | None = None, backbone=None, cache: FeatureCache | None = None,
                        split: str = "test", method: str = "zero_shot") -> dict:
-    """Zero-shot CLIP: the untrained ATE's text map (the prompt ensemble, Eq. 6), no shot, no training.
-
-    The ``ate`` variant of VTFusion before any training: ``M^f = M^t / L`` upsampled, image
-    score its maximum. It needs no normal image, so it is one cell per category
-    (stored as ``k0_seed0``).
-    """
-    import dataclasses
-
-    from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
-    from vtfusion.train import build_model
-
-    zs_cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant="ate"))
-    payload = {"backbone": dataclasses.asdict(zs_cfg.backbone), "ate": dataclasses.asdict(zs_cfg.model.ate),
-               "image_size": zs_cfg.data.image_size, "eval": dataclasses.asdict(zs_cfg.eval)}
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-    path = result_path(zs_cfg, storage_name(dataset, data_root), category, 0, 0, method, results_root, split, key)
-    previous = read_result(path)
-    if previous is not None and previous.get("config_hash") == key:
-        return {**previous, "skipped": True, "result_file": str(path)}
-    start = time.perf_counter()
-    cache = FeatureCache.from_env() if cache is None else cache
-    model = build_model(zs_cfg, dataset=dataset, category=category, backbone=backbone, device=zs_cfg.train.device)
-    cache.prepare_backbone(model.backbone)
-    evaluated = load_dataset(dataset, category, split, data_root, zs_cfg.data.image_size)
-    metrics = evaluate_model(model, evaluated, cache=cache, smoothing_sigma=zs_cfg.eval.smoothing_sigma,
-                             maps=("final", "text"))
-    timing = {"shots": [], "train_seconds": 0.0, "model_loaded_from_cache": False,
-              "eval_seconds": time.perf_counter() - start, "eval_cache": settings_dict(cache),
-              "wall_seconds": time.perf_counter() - start}
-    return _write_result(path, zs_cfg, key, evaluated, metrics, timing, dataset=dataset,
-                         **_unmeasured(evaluated, metrics),
-                         data_root=str(data_root) if data_root is not None else None,
-                         category=category, k=0, seed=0, method=method)
-
-
-def _train_with_seed(cfg: ExperimentConfig, seed: int):
-    import dataclasses
-
-    return dataclasses.replace(cfg.train, seed=seed)
+    """Zero-shot CLIP (:class:`~vtfusion.methods.zero_shot.ZeroShotCLIP`) on one category, stored as ``k0_seed0``."""
+    return run_method("zero_shot", cfg, dataset, category, 0, 0, folder=method, results_root=results_root,
+                      data_root=data_root, backbone=backbone, cache=cache, split=split)

@@ -126,7 +126,7 @@ def _maps_2d(value, what: str, count: int) -> torch.Tensor:
 
 def _jet_lut() -> np.ndarray:
     """256 x 3 uint8: matplotlib's ``jet``, the colours of :func:`vtfusion.viz.heatmap_grid`."""
-    import matplotlib
+    import matplotlib  # local: matplotlib is slow to import
 
     return (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 

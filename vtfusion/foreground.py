@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vtfusion.data.categories import category_info
+
 FOREGROUND_METHODS = ("otsu", "none")
 
 
@@ -142,7 +144,7 @@ def otsu_threshold(gray: torch.Tensor, bins: int = 256) -> tuple[torch.Tensor, t
 
 
 def _fill_holes(mask: torch.Tensor) -> torch.Tensor:
-    from scipy import ndimage
+    from scipy import ndimage  # local: scipy is slow to import, and only some configs use it
 
     filled = np.stack([ndimage.binary_fill_holes(m) for m in mask[:, 0].bool().cpu().numpy()])
     return torch.from_numpy(filled)[:, None].to(mask.device, mask.dtype)
@@ -150,7 +152,7 @@ def _fill_holes(mask: torch.Tensor) -> torch.Tensor:
 
 def _drop_small_components(mask: torch.Tensor, share: float) -> torch.Tensor:
     """Remove 8-connected components smaller than ``share`` of the largest (``scipy.ndimage``, CPU)."""
-    from scipy import ndimage
+    from scipy import ndimage  # local: scipy is slow to import, and only some configs use it
 
     kept = []
     for m in mask[:, 0].bool().cpu().numpy():
@@ -276,6 +278,4 @@ def category_foreground(images: torch.Tensor, dataset: str, category: str,
         images: ``B x C x H x W`` (or ``C x H x W``) tensor.
         dataset, category: looked up with :func:`vtfusion.data.categories.category_info`.
     """
-    from vtfusion.data.categories import category_info
-
     return foreground_mask(images, texture=category_info(dataset, category).texture, config=config)

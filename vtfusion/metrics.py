@@ -376,7 +376,7 @@ def _region_ids(masks: Tensor) -> tuple[np.ndarray, int]:
     square in the image plane and empty across images, so regions never span two
     images (regions are defined per image) and ids are already global.
     """
-    from scipy import ndimage
+    from scipy import ndimage  # local: scipy is slow to import; only AUPRO needs it
 
     ids, n_regions = ndimage.label(masks.cpu().numpy(), structure=_IN_PLANE_8_CONNECTIVITY)
     return ids, int(n_regions)

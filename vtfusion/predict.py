@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vtfusion.data.images import load_image
 from vtfusion.io import atomic_write
@@ -15,7 +16,7 @@ from vtfusion.io import atomic_write
 
 def heat_overlay(image: torch.Tensor, score_map: torch.Tensor, vmax: float = 1.0, alpha: float = 0.5) -> np.ndarray:
     """``H x W x 3`` uint8: the image with the score map in a jet colour map blended on top."""
-    import matplotlib
+    import matplotlib  # local: matplotlib is slow to import; only for overlays
 
     img = image.permute(1, 2, 0).clamp(0, 1).numpy()
     heat = matplotlib.colormaps["jet"]((score_map.squeeze().numpy() / max(vmax, 1e-12)).clip(0, 1))[..., :3]
@@ -30,8 +31,6 @@ def predict_files(model, paths: Sequence[str | Path], out_dir: str | Path, image
     ``<name>`` is the file stem, made unique among ``paths`` by :func:`output_names`, so two
     inputs never write the same map or overlay. Returns the path of ``scores.csv``.
     """
-    from PIL import Image
-
     out = Path(out_dir)
     (out / "maps").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)

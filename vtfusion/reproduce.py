@@ -7,7 +7,9 @@ them out as the paper's tables, in HTML, Markdown and CSV). Every
 (dataset, category, k, seed, method) cell is an evaluation run of :mod:`vtfusion.evaluate`
 with its own result file, so an interrupted reproduction resumes where it stopped.
 
-* ``table1``: VTFusion, k in the given shots (paper: 2, 4, 8).
+* ``table1``: VTFusion, k in the given shots (paper: 2, 4, 8), and any other registered
+  method (``methods``, ``--methods vtfusion patch_knn zero_shot``; :mod:`vtfusion.methods`)
+  as rows on the same shot lists, tokens and metrics. A method without shots is one row, ``k = 0``.
 * ``table2``: the module ablation, ``ModelConfig.variant`` in ``ate``, ``ate_aie``, ``full``.
 * ``table3``: the DAS ablation at k=2, one synthetic type at a time vs all types.
 
@@ -25,8 +27,19 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from vtfusion import paths
+from vtfusion.backbone import build_backbone
+from vtfusion.cache import FeatureCache
 from vtfusion.config import ExperimentConfig
 from vtfusion.data.categories import categories as dataset_categories
+from vtfusion.evaluate import run_method
+from vtfusion.methods import get_method
+from vtfusion.paper_tables import paper_value
+from vtfusion.results import summary_key
+from vtfusion.results import write_summary as write_summary_files
+from vtfusion.viz import format_table
 
 TABLES = ("table1", "table2", "table3")
 TABLE_IDS = {"table1": "I", "table2": "II", "table3": "III"}
@@ -36,21 +49,36 @@ REPORTED = ("image_auroc", "pixel_auroc", "aupro")
 
 @dataclass(frozen=True)
 class Method:
-    """One row family of a table: its key in ``vtfusion/resources/paper`` and the config that runs it."""
+    """One row family of a table: its name, the config that runs it and the registered method.
+
+    Attributes:
+        key: the row's name (a folder of its cells is ``<table>-<key>``).
+        config: the experiment config of its cells.
+        method: the registered method that runs it (:func:`vtfusion.methods.get_method`).
+        paper_key: its row in ``vtfusion/resources/paper``, or None where the paper has none.
+    """
 
     key: str
     config: ExperimentConfig
+    method: str = "vtfusion"
+    paper_key: str | None = None
 
 
-def table_methods(table: str, cfg: ExperimentConfig) -> list[Method]:
-    """The methods (configs) a table compares; all of them are configs of one model."""
+def table_methods(table: str, cfg: ExperimentConfig, methods: tuple[str, ...] | None = None) -> list[Method]:
+    """The rows a table compares: configs of VTFusion (Tables II, III) or registered methods (Table I).
+
+    ``methods``: registered method names for ``table1`` (default: VTFusion alone).
+    """
+    if methods and table != "table1" and tuple(methods) != ("vtfusion",):
+        raise ValueError(f"other methods are rows of table1 only; {table} compares configs of VTFusion")
     if table == "table1":
-        return [Method("vtfusion", cfg)]
+        return [Method(name, cfg, name, get_method(name).paper_key) for name in dict.fromkeys(methods or ("vtfusion",))]
     if table == "table2":
-        return [Method(v, cfg.replace(model=dataclasses.replace(cfg.model, variant=v)))
+        return [Method(v, cfg.replace(model=dataclasses.replace(cfg.model, variant=v)), paper_key=v)
                 for v in ("ate", "ate_aie", "full")]
     if table == "table3":
-        return [Method(row, cfg.replace(das=cfg.das if row == "all" else cfg.das.only(row))) for row in DAS_ROWS]
+        return [Method(row, cfg.replace(das=cfg.das if row == "all" else cfg.das.only(row)), paper_key=row)
+                for row in DAS_ROWS]
     raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)}")
 
 
@@ -58,10 +86,10 @@ def default_shots(table: str) -> tuple[int, ...]:
     return (2,) if table == "table3" else (2, 4, 8)
 
 
-def paper_reference(table: str, method: str, dataset: str, level: str, k: int) -> float | None:
-    """The paper's value for a row, or None where the paper reports none."""
-    from vtfusion.paper_tables import paper_value
-
+def paper_reference(table: str, method: str | None, dataset: str, level: str, k: int) -> float | None:
+    """The paper's value for a row, or None where the paper reports none (or has no such row)."""
+    if method is None:
+        return None
     try:
         return paper_value(TABLE_IDS[table], method, dataset, level, k=k)
     except KeyError:
@@ -81,33 +109,32 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
               seeds: tuple[int, ...] | None = None, categories: tuple[str, ...] | None = None,
               results_root: str | Path | None = None, runs_root: str | Path | None = None,
               data_root: str | Path | None = None, paper_dataset: str | None = None,
-              progress: bool = True, cache=None) -> list[dict]:
+              progress: bool = True, cache=None, methods: tuple[str, ...] | None = None) -> list[dict]:
     """Run (or reuse) every cell of ``table`` and return one summary row per (method, k).
 
     All cells share one backbone and one :class:`~vtfusion.cache.FeatureCache` (``None``:
     ``FeatureCache.from_env()``), so a category's test images are decoded and its test
-    tokens computed once for every k, seed and method of the table.
+    tokens computed once for every k, seed and method of the table. ``methods``: the
+    registered methods that are rows of ``table1`` (default: VTFusion); a method without
+    shots runs once per category and gives one row, ``k = 0``.
     """
-    from vtfusion.backbone import build_backbone
-    from vtfusion.cache import FeatureCache
-    from vtfusion.evaluate import run_cell
-
     shots = tuple(shots or default_shots(table))
     seeds = tuple(seeds or cfg.data.seeds)
     cats = tuple(categories or cfg.data.categories or dataset_categories(dataset))
     paper_dataset = paper_dataset or (dataset if dataset in ("mvtec", "visa") else "mvtec")
-    methods = table_methods(table, cfg)
+    rows_of = table_methods(table, cfg, methods)
     backbone = build_backbone(cfg.backbone, seed=0)
     cache = FeatureCache.from_env() if cache is None else cache
-    cells = [(m, k, s, c) for m in methods for k in shots for s in seeds for c in cats]
+    grid = {m.key: _grid(m, shots, seeds) for m in rows_of}
+    cells = [(m, k, s, c) for m in rows_of for k, s in grid[m.key] for c in cats]
     bar = _bar(len(cells), progress, f"{table} {dataset}")
     per_cell: dict[tuple[str, int, int], list[dict]] = {}
     not_measured: dict[tuple[str, int, str], str] = {}
     files: dict[tuple[str, int], list[str]] = {}
     for method, k, seed, category in cells:
-        result = run_cell(method.config, dataset, category, k, seed, method=f"{table}-{method.key}",
-                          results_root=results_root, runs_root=runs_root, data_root=data_root,
-                          backbone=backbone, progress=False, cache=cache)
+        result = run_method(method.method, method.config, dataset, category, k, seed, folder=f"{table}-{method.key}",
+                            results_root=results_root, runs_root=runs_root, data_root=data_root,
+                            backbone=backbone, progress=False, cache=cache)
         per_cell.setdefault((method.key, k, seed), []).append(result["metrics"])
         for where, why in (result.get("null_reasons") or {}).items():  # e.g. image labels only: no masks
             not_measured.setdefault((method.key, k, where.removeprefix("metrics.")), why)
@@ -118,33 +145,32 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
                                 + (" (done before)" if result["skipped"] else ""))
     if bar is not None:
         bar.close()
-    from vtfusion.results import summary_key
-
-    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset)
+    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset, tuple(dict.fromkeys(m.method for m in rows_of)))
     summary_dir = Path(results_root) if results_root is not None else None
     rows = []
-    for method in methods:
-        for k in shots:
-            row = {"table": table, "method": method.key, "k": k, "dataset": dataset, "seeds": list(seeds),
+    for method in rows_of:
+        for k in dict.fromkeys(k for k, _ in grid[method.key]):
+            row_seeds = [s for kk, s in grid[method.key] if kk == k]
+            row = {"table": table, "method": method.key, "k": k, "dataset": dataset, "seeds": row_seeds,
                    "categories": list(cats), "profile": cfg.profile, "paper_dataset": paper_dataset,
                    "config_hash": key, "cells": len(files[(method.key, k)]),
                    "cell_files": [_relative(f, summary_dir, cfg.profile) for f in files[(method.key, k)]]}
             reasons = {}
             for metric in REPORTED:
-                values = [m[metric] for s in seeds for m in per_cell[(method.key, k, s)]]
+                values = [m[metric] for s in row_seeds for m in per_cell[(method.key, k, s)]]
                 undefined = sum(not _defined(v) for v in values)
                 if undefined:  # an average over fewer cells would be another table's number
                     row[f"{metric}_mean"] = row[f"{metric}_std"] = None
                     reasons[f"{metric}_mean"] = (not_measured.get((method.key, k, metric))
                                                  or f"undefined in {undefined} of {len(values)} cells")
                     continue
-                per_seed = [statistics.fmean(m[metric] for m in per_cell[(method.key, k, s)]) for s in seeds]
+                per_seed = [statistics.fmean(m[metric] for m in per_cell[(method.key, k, s)]) for s in row_seeds]
                 row[f"{metric}_mean"], row[f"{metric}_std"] = mean_std([100.0 * v for v in per_seed])
             if reasons:
                 row["null_reasons"] = reasons
-            row["per_category"] = _per_category(per_cell, method.key, k, seeds, cats)
+            row["per_category"] = _per_category(per_cell, method.key, k, tuple(row_seeds), cats)
             for level in ("image", "pixel"):
-                row[f"paper_{level}_auroc"] = paper_reference(table, method.key, paper_dataset, level, k)
+                row[f"paper_{level}_auroc"] = paper_reference(table, method.paper_key, paper_dataset, level, k)
             rows.append(row)
     return rows
 
@@ -166,6 +192,13 @@ def _per_category(per_cell: dict, method: str, k: int, seeds: tuple[int, ...],
     return out
 
 
+def _grid(method: Method, shots: tuple[int, ...], seeds: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (k, seed) cells of a row family: every k and seed, or ``(0, 0)`` for a method without shots."""
+    if not get_method(method.method).uses_shots:
+        return [(0, 0)]
+    return [(k, s) for k in shots for s in seeds]
+
+
 def run_dataset_for(cfg: ExperimentConfig, paper_dataset: str) -> str:
     """The data a table row runs on: the paper's dataset in the paper profile, else the
     profile's own data (toy), whose table is printed beside the paper's values as a reference."""
@@ -182,8 +215,6 @@ def reproduce_cell(table: str, cfg: ExperimentConfig, paper_dataset: str, k: int
 
 def format_rows(rows: list[dict]) -> str:
     """Ours (mean +- std over seeds, %) beside the paper's value and the difference."""
-    from vtfusion.viz import format_table
-
     def cell(row, metric):
         if row[metric + "_mean"] is None:
             return "n/a"
@@ -214,15 +245,11 @@ def format_rows(rows: list[dict]) -> str:
 def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
     """``<table>_<dataset>_<confighash>.json`` and ``.csv`` in ``out_dir``: one summary per
     table, dataset, profile and config (:func:`vtfusion.results.write_summary`)."""
-    from vtfusion.results import write_summary as write
-
-    return write(rows, out_dir)
+    return write_summary_files(rows, out_dir)
 
 
 def _relative(result_file: str, results_root: Path | None, profile: str) -> str:
     """A cell file as its summary (in ``<results>/<profile>/``) refers to it."""
-    from vtfusion import paths
-
     base = (results_root if results_root is not None else paths.results_dir()) / profile
     return os.path.relpath(result_file, base)
 
@@ -230,6 +257,4 @@ def _relative(result_file: str, results_root: Path | None, profile: str) -> str:
 def _bar(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc)

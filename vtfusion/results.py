@@ -1,14 +1,16 @@
-"""Result files of the experiments: their keys, their schema, the table summaries and a listing.
+"""Result files of the experiments: their keys, locations and schema, the table summaries and a listing.
 
 Layout under a results folder (default ``results/``)::
 
     <profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<confighash>[_val].json   one cell
     <profile>/<table>_<dataset>_<summarykey>.json / .csv                              one table run
 
-* A cell's key is :func:`vtfusion.train.config_hash` of the cell's own config: everything
-  that determines its result, without what only selects cells (the category list, the
-  seed list, the default dataset and k; :data:`vtfusion.train.NOT_CELL`). Another
-  iteration count, variant or layer list is another file; another category list is not.
+* A cell's key is :func:`result_key` of its method's config
+  (:meth:`vtfusion.methods.base.AnomalyMethod.config`): everything that determines its
+  result. For VTFusion that is :func:`config_hash` of the cell's own config, without what
+  only selects cells (the category list, the seed list, the default dataset and k;
+  :data:`vtfusion.config.NOT_CELL`). Another iteration count, variant or layer list is
+  another file; another category list is not.
 * A summary's key (:func:`summary_key`) adds to that config the table, the k values, seeds
   and categories the table averages over, and the paper column it is compared with, so a
   rerun with other options writes a new summary beside the old one.
@@ -22,7 +24,9 @@ Layout under a results folder (default ``results/``)::
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -32,12 +36,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from vtfusion import paths
+from vtfusion.config import NOT_CELL, ExperimentConfig, cell_fields
+from vtfusion.io import atomic_write_json, atomic_write_text
+from vtfusion.metrics import METRIC_KEYS
+from vtfusion.viz import format_table
+
 RESULT_FORMAT = "vtfusion-result-1"
 SUMMARY_FORMAT = "vtfusion-summary-1"
 
 #: ``<table>_<dataset>_<key>.json``: a table summary (a cell file starts with ``k<k>_seed``).
 SUMMARY_NAME = re.compile(r"^(?P<table>table\d+)_(?P<dataset>.+?)(?:_(?P<key>[0-9a-f]{12}))?\.json$")
 CELL_NAME = re.compile(r"^k(?P<k>\d+)_seed(?P<seed>\d+)(?:_(?P<key>[0-9a-f]{12}))?(?:_(?P<split>[a-z]+))?\.json$")
+
+
+# --- keys and locations ------------------------------------------------------------------
+
+def content_key(payload: Any) -> str:
+    """12 hex digits of the SHA-256 of ``payload`` as sorted JSON: the key of every run, cell and summary."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def result_key(method_config: dict[str, Any]) -> str:
+    """Key of a cell's result file: :func:`content_key` of its method's config."""
+    return content_key(method_config)
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """Short stable hash of what determines a VTFusion cell's result (the key of its result file).
+
+    The whole config without :data:`~vtfusion.config.NOT_CELL`.
+    """
+    return content_key(cell_fields(cfg))
+
+
+def result_path(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str,
+                root: str | Path | None = None, split: str = "test", key: str | None = None) -> Path:
+    """``results/<profile>/<dataset>/<method>/<category>/k<k>_seed<seed>_<key>[_val].json``.
+
+    ``key`` defaults to the config's hash, so a cell run with other options never
+    overwrites this one; results on the validation split end in ``_val``.
+    """
+    base = Path(root) if root is not None else paths.results_dir()
+    suffix = "" if split == "test" else f"_{split}"
+    return base / cfg.profile / dataset / method / category / f"k{k}_seed{seed}_{key or config_hash(cfg)}{suffix}.json"
 
 
 # --- cell results: schema -----------------------------------------------------------------
@@ -66,8 +108,6 @@ def result_problems(data: Any) -> list[str]:
     :data:`vtfusion.metrics.METRIC_KEYS` present) and of each ``map_metrics`` entry in
     [0, 1] or null.
     """
-    from vtfusion.metrics import METRIC_KEYS
-
     if not isinstance(data, dict):
         return [f"the document is a JSON {type(data).__name__}, expected an object"]
     if data.get("format") != RESULT_FORMAT:
@@ -118,17 +158,18 @@ def read_cell_result(path: str | Path) -> dict | None:
 # --- table summaries ----------------------------------------------------------------------
 
 def summary_key(cfg, table: str, shots: Iterable[int], seeds: Iterable[int], categories: Iterable[str],
-                paper_dataset: str) -> str:
-    """Key of one table run: the cells' config (:func:`vtfusion.train.config_hash` without the
-    per-cell seed) plus what the table averages over and compares with."""
-    from vtfusion.train import NOT_CELL
-
+                paper_dataset: str, methods: Iterable[str] = ("vtfusion",)) -> str:
+    """Key of one table run: the cells' config (:func:`config_hash` without the per-cell
+    seed) plus what the table averages over and compares with, and the methods when they
+    are not VTFusion alone (so the key of a VTFusion table is what it always was)."""
     config = cfg.to_dict()
     for section, name in NOT_CELL + (("train", "seed"),):
         config[section].pop(name, None)
     payload = {"config": config, "table": table, "shots": sorted(shots), "seeds": sorted(seeds),
                "categories": sorted(categories), "paper_dataset": paper_dataset}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+    if tuple(methods) != ("vtfusion",):
+        payload["methods"] = list(methods)
+    return content_key(payload)
 
 
 def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
@@ -137,11 +178,6 @@ def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
     ``rows`` are :func:`vtfusion.reproduce.reproduce`'s: each carries the run's
     ``config_hash`` (its :func:`summary_key`) and its ``cell_files``.
     """
-    import csv
-    import io
-
-    from vtfusion.io import atomic_write_json, atomic_write_text
-
     out_dir = Path(out_dir)
     first = rows[0]
     name = f"{first['table']}_{first['dataset']}_{first['config_hash']}"
@@ -181,12 +217,10 @@ def _when(path: Path) -> str:
 
 def _cell_group_hash(config: dict) -> str:
     """The cells' config without the seed: every seed of one method run shares it."""
-    from vtfusion.train import NOT_CELL
-
     config = json.loads(json.dumps(config))
     for section, name in NOT_CELL + (("train", "seed"),):
         config.get(section, {}).pop(name, None)
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return content_key(config)
 
 
 def list_results(root: str | Path) -> list[ResultEntry]:
@@ -235,11 +269,10 @@ def format_listing(entries: list[ResultEntry], root: str | Path) -> str:
     """The table ``vtfusion results ls`` prints (or a sentence when there is nothing)."""
     if not entries:
         return f"no results under {root}"
-    from vtfusion.viz import format_table
-
     return format_table([(e.table, e.dataset, e.profile, e.config_hash, e.cells, e.when, str(e.path))
                          for e in entries], ("table", "dataset", "profile", "config", "cells", "when", "file"))
 
 
-__all__ = ["RESULT_FORMAT", "ResultEntry", "SUMMARY_FORMAT", "format_listing", "list_results",
-           "metric_problems", "read_cell_result", "result_problems", "summary_key", "write_summary"]
+__all__ = ["RESULT_FORMAT", "ResultEntry", "SUMMARY_FORMAT", "config_hash", "content_key", "format_listing",
+           "list_results", "metric_problems", "read_cell_result", "result_key", "result_path", "result_problems",
+           "summary_key", "write_summary"]

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from vtfusion.io import atomic_write_text
+from vtfusion.paper_tables import paper_cells
+
 #: Label of the mean row of each block.
 MEAN = "mean"
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "aupro": "AUPRO"}
@@ -105,7 +108,6 @@ class ResultTable:
 
 def _method_names(table: str, keys: Sequence[str]) -> dict[str, str]:
     """Our keys -> the paper's row names (``full`` -> ``ATE+AIE+MPF``, ``blurry`` -> ``Fuzzy``)."""
-    from vtfusion.paper_tables import paper_cells
 
     try:
         known = {c.method_key: c.method for c in paper_cells(TABLE_IDS.get(table, table))}
@@ -339,7 +341,6 @@ def write_tables(rows: Sequence[dict], summary_json: str | Path) -> tuple[Path, 
     The Markdown is :func:`to_markdown` of the categories and their mean; the CSV is
     :func:`to_csv` with every reported metric (image and pixel AUROC, AUPRO).
     """
-    from vtfusion.io import atomic_write_text
 
     summary_json = Path(summary_json)
     stem = summary_json.with_suffix("")
@@ -354,7 +355,7 @@ def write_tables(rows: Sequence[dict], summary_json: str | Path) -> tuple[Path, 
 def comparison_chart(rows: Sequence[dict], width: float = 7.0):
     """Ours vs the paper, the mean rows of one table: a panel per level (image, pixel AUROC),
     a pair of bars per (method, k), ours with its std over seeds. Returns the figure."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib is slow to import
     import numpy as np
 
     table = layout(rows)

@@ -1,4 +1,4 @@
-"""Training VTFusion with Algorithm 1, and the load-or-train pattern the chapters use.
+"""Training VTFusion with Algorithm 1 (the method's fit; saving and reusing runs is :mod:`vtfusion.runs`).
 
 Algorithm 1, as implemented by :func:`train_vtfusion`:
 
@@ -28,25 +28,24 @@ monitor, if given, scores ``M^v``, ``M^t`` and ``M^f`` every ``monitor_every`` i
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
-from vtfusion import __version__
 from vtfusion.augment import AugmentConfig, augment_shots
-from vtfusion.config import ExperimentConfig, TrainConfig
+from vtfusion.backbone import build_backbone
+from vtfusion.config import NOT_CELL, ExperimentConfig, TrainConfig, without_fields
 from vtfusion.das import AnomalyTypeSelector, synthesize_batch
 from vtfusion.data.categories import category_info
 from vtfusion.foreground import category_foreground
 from vtfusion.model.mpf import segmentation_loss
 from vtfusion.model.network import VTFusion
+from vtfusion.prompts import object_name_for
 
 LOSSES = ("nfc", "afs", "seg")
 Monitor = Callable[[VTFusion], dict]
@@ -93,9 +92,6 @@ def build_model(cfg: ExperimentConfig, object_name: str | None = None, dataset: 
     The prompt word comes from ``object_name`` or else the category table
     (``dataset``/``category``).
     """
-    from vtfusion.backbone import build_backbone
-    from vtfusion.prompts import object_name_for
-
     if object_name is None:
         if dataset is None or category is None:
             raise ValueError("build_model needs object_name, or dataset and category to look it up")
@@ -216,7 +212,7 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
 
     Args:
         monitor: optional ``monitor(model) -> dict`` of validation numbers (e.g.
-            :func:`vtfusion.validation.map_monitor`), called in eval mode before training,
+            :func:`vtfusion.evaluate.map_monitor`), called in eval mode before training,
             every ``cfg.train.monitor_every`` iterations and at the end. It only observes:
             the last iterate is returned whatever it says.
 
@@ -305,126 +301,18 @@ CALIBRATION_SEED_OFFSET = 7919
 def _progress(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False)
 
 
-# --- load-or-train ----------------------------------------------------------------------
-
-#: Config fields that do not determine a cell: a cell names its dataset, category, k and
-#: seed itself, so the profile's default dataset/root, the list of categories or seeds a
-#: reproduction loops over and the default k never enter a cell's key (``reproduce
-#: --categories chip weave`` and ``train --category chip`` share chip's run and result).
-NOT_CELL = (("data", "dataset"), ("data", "root"), ("data", "categories"), ("data", "shots"), ("data", "seeds"))
+# --- what determines a training run -----------------------------------------------------
 
 #: Config fields that change neither the trained weights nor the training's randomness:
 #: a saved model is reused across them (evaluation options; what the history records).
 NOT_TRAINING = (("eval",), ("train", "diagnostics_every"), ("train", "monitor_every"))
 
 
-def _hash_without(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) -> str:
-    """Short stable hash of ``cfg.to_dict()`` without the ``dropped`` field paths."""
-    data = cfg.to_dict()
-    for path in dropped:
-        node = data
-        for part in path[:-1]:
-            node = node[part]
-        node.pop(path[-1], None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def config_hash(cfg: ExperimentConfig) -> str:
-    """Short stable hash of what determines a cell's result (the key of a result file).
-
-    The whole config without :data:`NOT_CELL`.
-    """
-    return _hash_without(cfg, NOT_CELL)
-
-
-def training_hash(cfg: ExperimentConfig) -> str:
-    """Short stable hash of what determines a trained model (the key of a saved run).
-
-    The whole config without :data:`NOT_CELL` and :data:`NOT_TRAINING`: evaluating the
-    same model with and without map smoothing reuses one training run.
-    """
-    return _hash_without(cfg, NOT_CELL + NOT_TRAINING)
-
-
-def run_dir(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
-            root: str | Path | None = None) -> Path:
-    """``runs/<profile>/<dataset>/<category>/k<k>_seed<seed>_<traininghash>/``."""
-    from vtfusion import paths
-
-    base = Path(root) if root is not None else paths.runs_dir()
-    return base / cfg.profile / dataset / category / f"k{k}_seed{seed}_{training_hash(cfg)}"
-
-
-def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
-                  root: str | Path | None = None, data_root: str | Path | None = None,
-                  backbone=None, progress: bool = True, cache=None,
-                  monitor: Monitor | None = None) -> tuple[VTFusion, dict]:
-    """Reuse a saved model for the same config and cell, else train and save it.
-
-    ``cache``: an optional :class:`vtfusion.cache.FeatureCache`; it supplies the text
-    embeddings of the prompt ensemble from disk before training (not part of the config).
-    ``monitor``: passed to :func:`train_vtfusion` when training happens.
-
-    Returns ``(model, info)``; ``info`` holds the loss history, wall time, shot files and
-    whether the model was ``loaded`` from disk. A corrupt ``model.pt`` is trained again
-    (with a warning naming it); identical runs started together train once (a lock file
-    in the run dir, see :func:`vtfusion.io.file_lock`).
-    """
-    from vtfusion.checkpoint import save_checkpoint
-    from vtfusion.data import load_dataset
-    from vtfusion.data.datasets import storage_name
-    from vtfusion.data.shots import shot_list_for
-    from vtfusion.io import atomic_write_json, file_lock
-
-    cfg = cfg.replace(train=_with_seed(cfg, seed))
-    path = run_dir(cfg, storage_name(dataset, data_root), category, k, seed, root) / "model.pt"
-    device = resolve_device(cfg.train.device)
-    saved = _load_saved_run(path, backbone, device)
-    if saved is not None:
-        return saved
-    # One lock per run dir: a second identical run waits here, then reuses the first one's model.
-    with file_lock(path.with_name("train.lock"),
-                   on_wait=lambda lock: warnings.warn(f"waiting for {lock}: the same run is training in another "
-                                                      "process", RuntimeWarning, stacklevel=4)):
-        saved = _load_saved_run(path, backbone, device)
-        if saved is not None:
-            return saved
-        train_set = load_dataset(dataset, category, "train", data_root, cfg.data.image_size)
-        shot_list = shot_list_for(train_set, k, seed)
-        shots = train_set.load_shots(k, seed)
-        model = build_model(cfg, dataset=dataset, category=category, backbone=backbone, device=cfg.train.device)
-        if cache is not None:
-            cache.prime_text(model)
-        result = train_vtfusion(model, shots, cfg, dataset, category, progress=progress, monitor=monitor)
-        extra = {**result.to_dict(), "dataset": dataset, "category": category, "k": k, "seed": seed,
-                 "shots": list(shot_list.files), "vtfusion_version": __version__}
-        save_checkpoint(model, cfg, path, extra)
-        atomic_write_json(path.with_name("history.json"), extra)
-    return model, {**extra, "loaded": False, "checkpoint": str(path)}
-
-
-def _load_saved_run(path: Path, backbone, device: torch.device) -> tuple[VTFusion, dict] | None:
-    """The saved model of a run, or None when there is none or it is corrupt (then warned:
-    the run is trained again and the file replaced)."""
-    from vtfusion.checkpoint import load_checkpoint
-
-    if not path.is_file():
-        return None
-    try:
-        model, _, extra = load_checkpoint(path, backbone=backbone, device=device)
-    except (ValueError, KeyError, TypeError, RuntimeError) as err:
-        warnings.warn(f"checkpoint {path} is corrupt or from another version ({err}); training it again",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    return model, {**extra, "loaded": True, "checkpoint": str(path)}
-
-
-def _with_seed(cfg: ExperimentConfig, seed: int):
-    from dataclasses import replace
-
-    return replace(cfg.train, seed=seed)
+def training_fields(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What of ``cfg`` determines a trained model: the cell's fields
+    (:func:`vtfusion.config.cell_fields`) without :data:`NOT_TRAINING`. Evaluating the same
+    model with and without map smoothing reuses one training run."""
+    return without_fields(cfg, NOT_CELL + NOT_TRAINING)

@@ -6,9 +6,9 @@ seeds than the test split, :mod:`vtfusion.data.toy`). No function in this module
 ``test`` split; ``tests/test_validation.py`` checks that by running a selection on a copy
 of the data whose test folders are deleted.
 
-* :func:`map_monitor`: a monitor for :func:`vtfusion.train.train_vtfusion` that scores
-  ``M^v``, ``M^t`` and ``M^f`` on the validation split during training (the curves of
-  the training chapter).
+* :func:`~vtfusion.evaluate.map_monitor` (in :mod:`vtfusion.evaluate`): a monitor for
+  :func:`vtfusion.train.train_vtfusion` that scores ``M^v``, ``M^t`` and ``M^f`` on the
+  validation split during training (the curves of the training chapter).
 * :func:`validate`: one config on the validation cells (categories x k x seeds),
   trained (or loaded) exactly as a test run would be, plus the patch-kNN reference on
   the same cells.
@@ -21,38 +21,22 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from vtfusion.backbone import build_backbone
 from vtfusion.cache import FeatureCache
 from vtfusion.config import ExperimentConfig
+from vtfusion.data import load_dataset
 from vtfusion.data.categories import categories as dataset_categories
-from vtfusion.evaluate import predict_split, run_cell, run_patch_knn_cell, score_predictions
+from vtfusion.evaluate import run_cell, run_patch_knn_cell
+from vtfusion.metrics import evaluate_maps
+from vtfusion.patch_knn import nearest_distances, patch_descriptors
 
 VALIDATION_SPLIT = "val"
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
-
-
-def map_monitor(split, backbone, cache: FeatureCache | None = None,
-                smoothing_sigma: float = 0.0) -> Callable:
-    """``monitor(model) -> {"<map>_<metric>": value}`` on a validation split.
-
-    Scores ``final`` (``M^f``), ``vision`` (``M^v``) and ``text`` (``M^t``) for image and
-    pixel AUROC. The split's tokens come from ``cache`` (computed once, then read from
-    memory), so a call costs only the trained heads.
-    """
-    if split.split == "test":
-        raise ValueError("map_monitor watches a validation split; monitoring the test split would let "
-                         "it steer choices (load the 'val' split)")
-    cache = FeatureCache.from_env() if cache is None else cache
-    cache.prepare_backbone(backbone)
-
-    def monitor(model) -> dict:
-        scored = score_predictions(predict_split(model, split, cache=cache), smoothing_sigma,
-                                   ("final", "vision", "text"))
-        return {f"{name}_{metric}": m[metric] for name, m in scored.items()
-                for metric in ("image_auroc", "pixel_auroc")}
-
-    return monitor
 
 
 def _mean(values: list[float]) -> float:
@@ -99,8 +83,6 @@ def validate(cfg: ExperimentConfig, dataset: str = "toy", categories: tuple[str,
     The result files are the same as :func:`vtfusion.evaluate.run_cell` writes, ending in
     ``_val.json``; a rerun reuses them.
     """
-    from vtfusion.backbone import build_backbone
-
     cats = tuple(categories or dataset_categories(dataset))
     backbone = backbone if backbone is not None else build_backbone(cfg.backbone, seed=0)
     cache = FeatureCache.from_env() if cache is None else cache
@@ -146,8 +128,6 @@ def compare(candidates: list[Candidate], include_patch_knn: bool = True, progres
     backbone, cache). Each row has the candidate's ``name``, ``note``, the
     :func:`summarize` numbers and its ``selection_score``.
     """
-    from vtfusion.backbone import build_backbone
-
     if not candidates:
         raise ValueError("compare needs at least one candidate")
     backbone = cells.pop("backbone", None) or build_backbone(candidates[0].config.backbone, seed=0)
@@ -169,8 +149,6 @@ def compare(candidates: list[Candidate], include_patch_knn: bool = True, progres
 def _bar(total: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False)
 
 
@@ -188,13 +166,6 @@ def localisation_steps(backbone, dataset: str, category: str, k: int, seed: int 
 
     Returns one row per step with image AUROC, pixel AUROC and AUPRO (no training involved).
     """
-    import torch
-    import torch.nn.functional as F
-
-    from vtfusion.data import load_dataset
-    from vtfusion.metrics import evaluate_maps
-    from vtfusion.patch_knn import nearest_distances, patch_descriptors
-
     cache = FeatureCache.from_env() if cache is None else cache
     cache.prepare_backbone(backbone)
     split = load_dataset(dataset, category, VALIDATION_SPLIT, data_root)

@@ -8,10 +8,14 @@ masks ``1 x H x W``) and return the matplotlib figure so notebooks can save it.
 
 from __future__ import annotations
 
+import json
+import textwrap
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from vtfusion import paths
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -45,7 +49,7 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, masks: Sequ
     Returns:
         the matplotlib ``Figure``.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib is slow to import
 
     n = len(images)
     ncols = max(1, min(ncols, n))
@@ -70,8 +74,6 @@ def show_grid(images: Sequence, titles: Sequence[str] | None = None, masks: Sequ
 
 def wrap_titles(texts: Sequence[str], width: int = 26) -> list[str]:
     """Long titles (e.g. captions) wrapped onto several lines for :func:`show_grid`."""
-    import textwrap
-
     return ["\n".join(textwrap.wrap(t, width)) for t in texts]
 
 
@@ -120,7 +122,7 @@ def heatmap_grid(images: Sequence, maps: dict[str, torch.Tensor], masks: Sequenc
     ``maps`` maps a name (``vision``, ``text``, ``fused``, ``final``...) to a ``N x 1 x h x w``
     tensor. Each map type uses one colour range over all rows, so rows are comparable.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib is slow to import
 
     map_types = list(map_types or maps)
     n = len(images)
@@ -150,7 +152,7 @@ def heatmap_explorer(images: Sequence, maps: dict[str, torch.Tensor], masks: Seq
     display it as the last expression of a cell and follow it with :func:`heatmap_grid`
     so that printed pages still show the maps.
     """
-    from vtfusion.explorer import heatmap_explorer as explorer
+    from vtfusion.explorer import heatmap_explorer as explorer  # local: anywidget is slow to import
 
     return explorer(images, maps, masks, titles, **options)
 
@@ -192,7 +194,7 @@ def pipeline_figure(width: float = 11.0):
     Returns:
         the matplotlib ``Figure``.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib is slow to import
     from matplotlib.patches import FancyBboxPatch
 
     fig, ax = plt.subplots(figsize=(width, width * 9 / 16))
@@ -236,10 +238,6 @@ def pipeline_figure(width: float = 11.0):
 
 def latest_bench_result(name: str) -> tuple[dict, str] | None:
     """The newest committed benchmark result ``bench/results/<date>-<machine>/<name>.json`` and its folder."""
-    import json
-
-    from vtfusion import paths
-
     found = sorted((paths.PROJECT_ROOT / "bench" / "results").glob(f"*/{name}.json"))
     if not found:
         return None
@@ -273,7 +271,7 @@ def training_curves(info: dict, title: str = "", window: int = 10):
     step; and, when the run had a validation monitor, the image and pixel AUROC of ``M^v``,
     ``M^t`` and ``M^f`` on the validation split. Returns the figure.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # local: matplotlib is slow to import
 
     hist = info["history"]
     its = np.array([h["iteration"] for h in hist])

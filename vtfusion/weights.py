@@ -44,7 +44,7 @@ def _squash(s: str) -> str:
 
 def _open_clip_cache_paths(arch: str, tag: str) -> list[Path]:
     try:
-        import open_clip
+        import open_clip  # local: open_clip is slow to import
     except ImportError:  # the package is importable without torch installed
         return []
     cfg = open_clip.get_pretrained_cfg(arch, tag) or {}

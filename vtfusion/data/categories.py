@@ -1,28 +1,13 @@
-"""Category tables: names, texture/object kind and the object word used in prompts.
+"""Category tables of the built-in datasets: names, texture/object kind and the object word used in prompts.
 
-One table for every dataset the package knows, so DAS (placement), the text
-encoder (object names) and the data layer read the same facts.
+One table per dataset, registered with it (:mod:`vtfusion.data.builtin`), so DAS
+(placement), the text encoder (object names) and the data layer read the same facts
+through :func:`category_info` (defined with the dataset registry, :mod:`vtfusion.data.registry`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class CategoryInfo:
-    """Facts about one category.
-
-    Attributes:
-        name: folder name of the category.
-        texture: True for texture categories (a defect may appear anywhere),
-            False for objects (synthetic anomalies go on the foreground).
-        object_name: the noun inserted into the text prompts ("a photo of a normal [o]").
-    """
-
-    name: str
-    texture: bool
-    object_name: str
+from vtfusion.data.registry import CategoryInfo, categories, category_info
 
 
 def _table(rows: list[tuple[str, bool, str]]) -> dict[str, CategoryInfo]:
@@ -76,43 +61,11 @@ REAL_AD = _table([
     ("magnetic_tile", True, "magnetic tile"),
 ])
 
-DATASETS: dict[str, dict[str, CategoryInfo]] = {
-    "mvtec": MVTEC_AD,
-    "visa": VISA,
-    "toy": TOY,
-    "real_ad": REAL_AD,
-}
-
 MVTEC_AD_CATEGORIES: tuple[str, ...] = tuple(MVTEC_AD)
 VISA_CATEGORIES: tuple[str, ...] = tuple(VISA)
 TOY_CATEGORIES: tuple[str, ...] = tuple(TOY)
 REAL_AD_CATEGORIES: tuple[str, ...] = tuple(REAL_AD)
 
 
-def categories(dataset: str) -> tuple[str, ...]:
-    """Category names of a known dataset, in the canonical (paper table) order."""
-    return tuple(_dataset_table(dataset))
-
-
-def category_info(dataset: str, category: str) -> CategoryInfo:
-    """Facts about ``category`` of ``dataset``.
-
-    For a custom folder (``dataset="folder"`` or any unknown name) the category is
-    treated as an object whose prompt word is its folder name with ``_`` as spaces.
-    Raises ``ValueError`` listing the valid names when a known dataset lacks it.
-    """
-    if dataset not in DATASETS:
-        return CategoryInfo(category, False, category.replace("_", " "))
-    table = DATASETS[dataset]
-    if category not in table:
-        raise ValueError(
-            f"unknown category {category!r} for dataset {dataset!r}; "
-            f"valid categories: {', '.join(table)}"
-        )
-    return table[category]
-
-
-def _dataset_table(dataset: str) -> dict[str, CategoryInfo]:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
-    return DATASETS[dataset]
+__all__ = ["CategoryInfo", "MVTEC_AD", "MVTEC_AD_CATEGORIES", "REAL_AD", "REAL_AD_CATEGORIES", "TOY",
+           "TOY_CATEGORIES", "VISA", "VISA_CATEGORIES", "categories", "category_info"]

@@ -9,14 +9,13 @@ data, the real samples in ``../shared``, a user's own data)::
 
 :class:`VisADataset` reads VisA in its released layout through the official
 one-class split CSV. Both yield the same sample dictionary (see
-:meth:`AnomalyDataset.__getitem__`); :func:`load_dataset` builds either from a
-dataset name.
+:meth:`AnomalyDataset.__getitem__`); :func:`load_dataset` opens a split of any
+registered dataset by name (:mod:`vtfusion.data.registry`).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import torch
 from torch.utils.data import Dataset
 
 from vtfusion import paths
-from vtfusion.data.categories import DATASETS, categories, category_info
 from vtfusion.data.images import (
     IMAGE_EXTENSIONS,
     LABEL_MASK_THRESHOLD,
@@ -34,7 +32,8 @@ from vtfusion.data.images import (
     load_image_and_mask,
 )
 from vtfusion.data.layout import GOOD, MASK_FOLDERS, SPLITS
-
+from vtfusion.data.registry import DATASETS, categories, category_info, get_dataset
+from vtfusion.data.shots import shot_list_for
 
 
 
@@ -119,10 +118,12 @@ class AnomalyDataset(Dataset):
         or the folder's own under ``$VTFUSION_DATA_DIR/shots/folder-<hash>/``); without one,
         the list is drawn from this folder with the same rule (see :mod:`vtfusion.data.shots`).
         """
-        from vtfusion.data.shots import shot_list_for
-
         shot_list = shot_list_for(self, k, seed, shots_dir)
         return torch.stack([load_image(self.category_dir / f, self.image_size) for f in shot_list.files])
+
+    def with_split(self, split: str) -> "AnomalyDataset":
+        """The same dataset, category and image size, another split (e.g. ``train`` for its shot pool)."""
+        return load_dataset(self.dataset_name, self.category, split, getattr(self, "root", None), self.image_size)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.dataset_name}/{self.category}, split={self.split}, "
@@ -144,14 +145,9 @@ def _check_split(split: str) -> None:
 
 
 def _missing_root_message(dataset: str, root: Path) -> str:
-    hints = {
-        "mvtec": f"download it with `vtfusion data download mvtec --root {root}`",
-        "visa": f"download it with `vtfusion data download visa --root {root}`",
-        "toy": f"generate it with `vtfusion data toy --root {root}`",
-        "real_ad": "it ships beside the repository as ../shared/datasets/real_ad (set $VTFUSION_REAL_AD)",
-    }
-    hint = hints.get(dataset, "point --root at a folder in MVTec layout (root/<category>/train/good/...)")
-    return f"dataset root {root} does not exist; {hint}."
+    hint = (get_dataset(dataset).root_hint if dataset in DATASETS
+            else "point --root at a folder in MVTec layout (root/<category>/train/good/...)")
+    return f"dataset root {root} does not exist; {hint.format(root=root)}."
 
 
 class MVTecDataset(AnomalyDataset):
@@ -186,7 +182,8 @@ class MVTecDataset(AnomalyDataset):
         self.category_dir = self.root / category
         if not self.category_dir.is_dir():
             present = sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
-            known = list(DATASETS[dataset_name]) if dataset_name in DATASETS else []
+            table = get_dataset(dataset_name).categories if dataset_name in DATASETS else None
+            known = list(table or ())
             valid = present or known
             raise ValueError(
                 f"unknown category {category!r}: no folder {self.category_dir}. "
@@ -196,6 +193,10 @@ class MVTecDataset(AnomalyDataset):
         if not self.records:
             raise FileNotFoundError(f"no images found in {self.category_dir / split}; expected "
                                     f"{split}/<good|defect>/*.png in MVTec layout")
+
+    def with_split(self, split: str) -> "MVTecDataset":
+        """The same folder, category and image size, another split."""
+        return MVTecDataset(self.root, self.category, split, self.image_size, self.dataset_name, self.mask_threshold)
 
     def _scan(self, require_masks: bool) -> list[Record]:
         split_dir = self.category_dir / self.split
@@ -256,7 +257,7 @@ class VisADataset(AnomalyDataset):
         self.root = Path(root)
         self.category, self.split, self.image_size = category, split, image_size
         self.dataset_name, self.mask_threshold = dataset_name, LABEL_MASK_THRESHOLD
-        if category not in DATASETS["visa"]:
+        if category not in categories("visa"):
             raise ValueError(f"unknown VisA category {category!r}; valid categories: {', '.join(categories('visa'))}")
         if not self.root.is_dir():
             raise FileNotFoundError(_missing_root_message("visa", self.root))
@@ -282,56 +283,38 @@ class VisADataset(AnomalyDataset):
 
 
 def dataset_root(dataset: str, root: str | Path | None = None) -> Path:
-    """The root folder used for ``dataset`` when none is given."""
+    """The root folder used for ``dataset`` when none is given (its registered default)."""
     if root is not None:
         return Path(root)
-    if dataset == "toy":
-        return paths.toy_root()
-    if dataset == "real_ad":
-        return paths.real_ad_root()
-    if dataset in ("mvtec", "visa"):
-        return paths.default_dataset_root(dataset)
-    raise ValueError(f"dataset {dataset!r} needs an explicit root (an MVTec-layout folder)")
-
-
-def storage_name(dataset: str, root: str | Path | None = None) -> str:
-    """The folder name under which runs and results of ``dataset`` are stored.
-
-    Named datasets keep their name. A custom ``folder`` gets ``folder-<8 hex>`` from its
-    absolute path, so two different folders with a category of the same name never
-    share a trained model or a result file.
-    """
-    if dataset != "folder":
-        return dataset
-    if root is None:
-        raise ValueError("dataset 'folder' needs root=<MVTec-layout folder>")
-    return f"folder-{root_digest(root)}"
-
-
-def root_digest(root: str | Path) -> str:
-    """8 hex digits of the resolved dataset root: what keys a user folder's runs, results and shots."""
-    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    spec = get_dataset(dataset)
+    if spec.default_root is None:
+        raise ValueError(f"dataset {dataset!r} needs an explicit root (an MVTec-layout folder)")
+    return spec.default_root()
 
 
 def load_dataset(dataset: str, category: str, split: str = "test", root: str | Path | None = None,
                  image_size: int | None = 240) -> AnomalyDataset:
     """The one way to open a dataset split by name.
 
-    ``dataset`` is ``mvtec``, ``visa``, ``toy``, ``real_ad`` or ``folder`` (then ``root``
-    is required). The toy dataset is generated on first use.
+    ``dataset`` is any registered name (:func:`~vtfusion.data.registry.list_datasets`:
+    ``toy``, ``mvtec``, ``visa``, ``real_ad``, ``folder``, ...); ``root`` defaults to the
+    dataset's own (a ``folder`` needs one). The toy dataset is generated on first use.
     """
     _check_split(split)
-    if dataset == "visa":
-        return VisADataset(dataset_root("visa", root), category, split, image_size)
-    if dataset == "toy" and root is None:
-        from vtfusion.data.toy import ensure_toy_dataset
-
-        root = ensure_toy_dataset()
-    if dataset in DATASETS and dataset != "folder":
+    spec = get_dataset(dataset)
+    if root is None and spec.prepare_root is not None:
+        root = spec.prepare_root()
+    if spec.categories is not None:
         category_info(dataset, category)  # raises for an unknown category, listing the valid ones
-    elif dataset != "folder":
-        raise ValueError(f"unknown dataset {dataset!r}; use one of {', '.join([*DATASETS, 'folder'])}")
-    return MVTecDataset(dataset_root(dataset, root), category, split, image_size, dataset_name=dataset)
+    opener = spec.opener or MVTecDataset
+    return opener(dataset_root(dataset, root), category, split, image_size, dataset_name=dataset)
+
+
+def folder_pools(root: str | Path, dataset_name: str) -> dict[str, list[str]]:
+    """Training pools read from an MVTec-layout folder (every category folder with ``train/good``)."""
+    root = Path(root)
+    return {p.name: MVTecDataset(root, p.name, "train", None, dataset_name).train_pool()
+            for p in sorted(root.iterdir()) if (p / "train" / "good").is_dir()}
 
 
 def summarize(dataset: str, root: str | Path | None = None,

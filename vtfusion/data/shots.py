@@ -22,17 +22,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
 from vtfusion import paths
-from vtfusion.data.categories import DATASETS
-from vtfusion.data.datasets import root_digest
+from vtfusion.data.registry import committed_shot_lists, get_dataset, storage_name
 from vtfusion.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from vtfusion.data.datasets import AnomalyDataset
 
 SHOT_KS = (1, 2, 4, 8)
 SHOT_SEEDS = (0, 1, 2)
@@ -85,26 +81,16 @@ def make_shot_list(dataset: str, category: str, pool: Sequence[str], k: int, see
     return ShotList(dataset, category, k, seed, files, len(unique))
 
 
-def shot_key(dataset: str, root: str | Path | None = None) -> str:
-    """The folder a dataset's lists live in: its name for a named dataset (committed lists),
-    ``<dataset>-<8 hex of the resolved root>`` for any other (a user's folder), so that two
-    folders with the same category names never collide."""
-    if dataset in DATASETS:
-        return dataset
-    if root is None:
-        raise ValueError(f"shot lists of dataset {dataset!r} are kept per dataset root; pass root=<the folder>")
-    return f"{dataset}-{root_digest(root)}"
-
-
 def shots_base(dataset: str) -> Path:
     """Committed lists of the named datasets are package data; a user folder's lists are user data."""
-    return paths.committed_shots_dir() if dataset in DATASETS else paths.shots_dir()
+    return paths.committed_shots_dir() if committed_shot_lists(dataset) else paths.shots_dir()
 
 
 def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None,
               root: str | Path | None = None) -> Path:
-    """``<base>/<shot_key>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset)."""
-    return Path(base or shots_base(dataset)) / shot_key(dataset, root) / category / f"k{k}_seed{seed}.json"
+    """``<base>/<storage name>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset;
+    :func:`~vtfusion.data.registry.storage_name`)."""
+    return Path(base or shots_base(dataset)) / storage_name(dataset, root) / category / f"k{k}_seed{seed}.json"
 
 
 def save_shot_list(shot_list: ShotList, base: str | Path | None = None, root: str | Path | None = None) -> Path:
@@ -125,7 +111,20 @@ def load_shots(dataset: str, category: str, k: int, seed: int, base: str | Path 
     return ShotList.from_file(path)
 
 
-def shot_list_for(ds: "AnomalyDataset", k: int, seed: int, base: str | Path | None = None) -> ShotList:
+class ShotSource(Protocol):
+    """What a shot list needs of a dataset split (an :class:`~vtfusion.data.datasets.AnomalyDataset`)."""
+
+    dataset_name: str
+    category: str
+    split: str
+    category_dir: Path
+
+    def train_pool(self) -> list[str]: ...
+
+    def with_split(self, split: str) -> "ShotSource": ...
+
+
+def shot_list_for(ds: ShotSource, k: int, seed: int, base: str | Path | None = None) -> ShotList:
     """The shot list a dataset split uses: the committed one, else drawn from the folder.
 
     A committed list is checked against the folder (every file must exist).
@@ -135,16 +134,8 @@ def shot_list_for(ds: "AnomalyDataset", k: int, seed: int, base: str | Path | No
         shot_list = ShotList.from_file(path)
         validate_shot_list(shot_list, ds.category_dir)
         return shot_list
-    pool = ds.train_pool() if ds.split == "train" else _train_pool_of(ds)
+    pool = (ds if ds.split == "train" else ds.with_split("train")).train_pool()
     return make_shot_list(ds.dataset_name, ds.category, pool, k, seed)
-
-
-def _train_pool_of(ds: "AnomalyDataset") -> list[str]:
-    from vtfusion.data.datasets import load_dataset, MVTecDataset
-
-    if isinstance(ds, MVTecDataset):
-        return MVTecDataset(ds.root, ds.category, "train", ds.image_size, ds.dataset_name).train_pool()
-    return load_dataset(ds.dataset_name, ds.category, "train", ds.root, ds.image_size).train_pool()
 
 
 def validate_shot_list(shot_list: ShotList, category_dir: str | Path) -> None:
@@ -184,38 +175,22 @@ def visa_pools(split_csv: str | Path | None = None) -> dict[str, list[str]]:
     return pools
 
 
-def toy_pools() -> dict[str, list[str]]:
+def toy_pools(root: str | Path | None = None) -> dict[str, list[str]]:
     """Toy pools from the generator's default config (no need to render the images)."""
-    from vtfusion.data.toy import ToyConfig
+    from vtfusion.data.toy import ToyConfig  # local: the generator (scipy, 1,900 lines) only for its sizes
 
     cfg = ToyConfig()
     return {cat: [f"train/good/{i:03d}.png" for i in range(cfg.n_train)] for cat in cfg.categories}
 
 
-def folder_pools(root: str | Path, dataset_name: str) -> dict[str, list[str]]:
-    """Pools read from an MVTec-layout folder (every category folder with train/good)."""
-    from vtfusion.data.datasets import MVTecDataset
-
-    root = Path(root)
-    return {p.name: MVTecDataset(root, p.name, "train", None, dataset_name).train_pool()
-            for p in sorted(root.iterdir()) if (p / "train" / "good").is_dir()}
-
-
 def pools_for(dataset: str, root: str | Path | None = None) -> dict[str, list[str]]:
-    if dataset == "mvtec":
-        return mvtec_pools()
-    if dataset == "visa":
-        return visa_pools()
-    if dataset == "toy":
-        return toy_pools()
-    if dataset == "real_ad":
-        real = Path(root or paths.real_ad_root())
-        if not real.is_dir():
-            raise FileNotFoundError(f"{real} not found: the real samples ship as ../shared/datasets/real_ad")
-        return folder_pools(real, "real_ad")
-    if root is None:
-        raise ValueError(f"dataset {dataset!r} needs --root (an MVTec-layout folder)")
-    return folder_pools(root, dataset)
+    """Every category's pool of normal training images, from the dataset's registered
+    ``training_pools`` (:class:`~vtfusion.data.registry.DatasetSpec`)."""
+    spec = get_dataset(dataset)
+    if spec.training_pools is None:
+        raise ValueError(f"dataset {dataset!r} registers no training pools; shot lists are drawn from "
+                         "its folder when a split is opened")
+    return spec.training_pools(None if root is None else Path(root))
 
 
 def generate_shot_lists(dataset: str, root: str | Path | None = None, ks: Iterable[int] = SHOT_KS,

@@ -1710,7 +1710,7 @@ def _exclusive_lock(root: Path) -> Iterator[None]:
     key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
     lock_path = Path(tempfile.gettempdir()) / f"vtfusion-toy-{key}.lock"
     try:
-        import fcntl
+        import fcntl  # local: POSIX only (see below)
     except ImportError:  # Windows: no flock; the atomic rename still avoids half-written data
         yield
         return

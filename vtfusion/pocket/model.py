@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 #: open_clip ``CLIP`` keyword arguments of the pocket CLIP.
 POCKET_CLIP_CONFIG: dict[str, Any] = {
@@ -41,7 +42,7 @@ class PocketWeightsError(RuntimeError):
 
 def build_pocket_clip(seed: int = 0):
     """A freshly initialised open_clip ``CLIP`` of :data:`POCKET_CLIP_CONFIG` (global RNG untouched)."""
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -50,7 +51,7 @@ def build_pocket_clip(seed: int = 0):
 
 def pocket_tokenizer():
     """open_clip's BPE tokenizer with the pocket CLIP's context length."""
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when a model is built
 
     return open_clip.SimpleTokenizer(context_length=CONTEXT_LENGTH)
 
@@ -82,8 +83,6 @@ def model_card(name: str = "pocket-v1") -> dict:
 
 def load_released(name: str = "pocket-v1", dtype: torch.dtype = torch.float32):
     """The released pocket CLIP (open_clip ``CLIP``, eval mode) after checking its SHA-256."""
-    from safetensors.torch import load_file
-
     weights, _ = release_paths(name)
     card = model_card(name)
     if not weights.is_file():

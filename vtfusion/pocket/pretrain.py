@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from vtfusion.backbone import CLIP_MEAN, CLIP_STD
 from vtfusion.io import atomic_write, atomic_write_json
 from vtfusion.metrics import auroc
 from vtfusion.pocket.model import build_pocket_clip, pocket_tokenizer
@@ -98,8 +100,6 @@ class PretrainConfig:
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
     """CLIP's input normalisation of ``B x 3 x H x W`` images in [0, 1]."""
-    from vtfusion.backbone import CLIP_MEAN, CLIP_STD
-
     mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -216,7 +216,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
     Writes ``checkpoint.pt`` (model, optimiser, step, curves; atomic) and, at the end,
     ``curves.json`` with the per-step loss and the validation records.
     """
-    import open_clip
+    import open_clip  # local: open_clip is slow to import; only when pre-training
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,8 +236,6 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
     val = validation_batches(cfg)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.steps, initial=state.step, desc="pocket CLIP pre-training")
     model.train()
     while state.step < cfg.steps:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from vtfusion import __version__
 from vtfusion.io import atomic_write, atomic_write_json, atomic_write_text
@@ -91,8 +92,6 @@ def _card_markdown(card: dict) -> str:
 
 def release(run_dir: str | Path, name: str = "pocket-v1", machine: str | None = None) -> tuple[Path, Path]:
     """Write the fp16 weights and the model card of a finished run into the package."""
-    from safetensors.torch import save_file
-
     payload = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     if payload["step"] < payload["recipe"]["steps"]:
         raise ValueError(f"{run_dir} stopped at step {payload['step']} of {payload['recipe']['steps']}; "

@@ -35,6 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from vtfusion.pocket.captions import caption
+
 SIZE = 240
 
 # --------------------------------------------------------------------------- colours
@@ -795,8 +797,6 @@ def sample_batch(seed: int, index: int, batch_size: int = 64, families: tuple[st
     copy of a scene. Close-ups put many defect patches into one image, so a CLIP whose
     image embedding averages its patch tokens learns what a damaged *patch* looks like.
     """
-    from vtfusion.pocket.captions import caption
-
     gen = batch_generator(seed, index)
     unknown = set(families) - set(FAMILIES)
     if unknown:
