@@ -277,14 +277,9 @@ def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, 
     ``map_metrics`` of the method's other maps, ``config``, ``method_config``, ``cost``,
     timing, provenance; ``skipped`` tells whether it was read from an earlier run).
     """
-    if not get_method(method).uses_shots:
-        k, seed = 0, 0
-    instance = create_method(method, cfg.replace(train=dataclasses.replace(cfg.train, seed=seed)),
-                             backbone=backbone, options=options)
+    instance, k, seed, key, path = _locate(method, cfg, dataset, category, k, seed, options, folder,
+                                           results_root, data_root, backbone, split)
     cell_cfg = instance.cfg
-    key = result_key(instance.config())
-    path = result_path(cell_cfg, storage_name(dataset, data_root), category, k, seed, folder or method,
-                       results_root, split, key)
     previous = read_result(path)
     if previous is not None and previous.get("config_hash") == key:
         return {**previous, "skipped": True, "result_file": str(path)}
@@ -322,6 +317,31 @@ def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, 
                          **_unmeasured(evaluated, metrics),
                          data_root=str(data_root) if data_root is not None else None,
                          category=category, k=k, seed=seed, method=folder or method)
+
+
+def cell_result_file(method: str, cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
+                     options: Any = None, folder: str | None = None, results_root: str | Path | None = None,
+                     data_root: str | Path | None = None, backbone=None, split: str = "test") -> tuple[Path, str]:
+    """``(result file, result key)`` of :func:`run_method` with the same arguments (the file
+    need not exist; a finished one holds the key as its ``config_hash``).
+
+    ``backbone``: share one (the method is only built, not fitted); ``None`` builds it.
+    """
+    _, _, _, key, path = _locate(method, cfg, dataset, category, k, seed, options, folder, results_root,
+                                 data_root, backbone, split)
+    return path, key
+
+
+def _locate(method, cfg, dataset, category, k, seed, options, folder, results_root, data_root, backbone, split):
+    """``(method instance, k, seed, result key, result path)`` of a cell, as :func:`run_method` keys it."""
+    if not get_method(method).uses_shots:
+        k, seed = 0, 0
+    instance = create_method(method, cfg.replace(train=dataclasses.replace(cfg.train, seed=seed)),
+                             backbone=backbone, options=options)
+    key = result_key(instance.config())
+    path = result_path(instance.cfg, storage_name(dataset, data_root), category, k, seed, folder or method,
+                       results_root, split, key)
+    return instance, k, seed, key, path
 
 
 def run_cell(cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int, method: str = "vtfusion",

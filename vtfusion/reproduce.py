@@ -34,7 +34,8 @@ from vtfusion.backbone import build_backbone
 from vtfusion.cache import FeatureCache
 from vtfusion.config import ExperimentConfig
 from vtfusion.data.categories import categories as dataset_categories
-from vtfusion.evaluate import run_method
+from vtfusion.evaluate import cell_result_file, read_result, run_method
+from vtfusion.io import file_lock
 from vtfusion.methods import get_method
 from vtfusion.paper_tables import paper_value
 from vtfusion.results import summary_key
@@ -105,6 +106,114 @@ def _defined(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One (row family, k, seed, category) run of a table: one result file."""
+
+    method: Method
+    k: int
+    seed: int
+    category: str
+
+    def label(self) -> str:
+        """The cell as a person names it: ``vtfusion k=2 seed=0 bottle``."""
+        return f"{self.method.key} k={self.k} seed={self.seed} {self.category}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every cell of a table on one dataset, and where they read and write (picklable: a
+    launcher sends it to its worker processes).
+
+    Attributes:
+        rows: the row families (:func:`table_methods`); ``grid[row key]`` their (k, seed) pairs.
+        cells: every cell, grouped by category (a worker running them in order reuses the
+            category's decoded images and test tokens).
+    """
+
+    table: str
+    cfg: ExperimentConfig
+    dataset: str
+    shots: tuple[int, ...]
+    seeds: tuple[int, ...]
+    categories: tuple[str, ...]
+    paper_dataset: str
+    rows: tuple[Method, ...]
+    grid: dict[str, list[tuple[int, int]]]
+    cells: tuple[Cell, ...]
+    results_root: str | Path | None = None
+    runs_root: str | Path | None = None
+    data_root: str | Path | None = None
+
+
+def plan(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int, ...] | None = None,
+         seeds: tuple[int, ...] | None = None, categories: tuple[str, ...] | None = None,
+         results_root: str | Path | None = None, runs_root: str | Path | None = None,
+         data_root: str | Path | None = None, paper_dataset: str | None = None,
+         methods: tuple[str, ...] | None = None) -> Plan:
+    """The cells of ``table`` (arguments as :func:`reproduce`), without running any."""
+    shots = tuple(shots or default_shots(table))
+    seeds = tuple(seeds or cfg.data.seeds)
+    cats = tuple(categories or cfg.data.categories or dataset_categories(dataset))
+    paper_dataset = paper_dataset or (dataset if dataset in ("mvtec", "visa") else "mvtec")
+    rows_of = tuple(table_methods(table, cfg, methods))
+    grid = {m.key: _grid(m, shots, seeds) for m in rows_of}
+    cells = tuple(Cell(m, k, s, c) for c in cats for m in rows_of for k, s in grid[m.key])
+    return Plan(table, cfg, dataset, shots, seeds, cats, paper_dataset, rows_of, grid, cells,
+                results_root, runs_root, data_root)
+
+
+def run_plan_cell(p: Plan, cell: Cell, backbone=None, cache=None) -> dict:
+    """Run (or reuse) one cell of a plan: :func:`vtfusion.evaluate.run_method` of its row.
+
+    The cell runs under a lock beside its result file, so two processes given the same cell
+    (two launches of one table, a resubmission while a job still runs) never run it
+    together: the second waits, then reads the first one's result.
+    """
+    path, _ = cell_file(p, cell, backbone)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        return run_method(cell.method.method, cell.method.config, p.dataset, cell.category, cell.k, cell.seed,
+                          folder=f"{p.table}-{cell.method.key}", results_root=p.results_root,
+                          runs_root=p.runs_root, data_root=p.data_root, backbone=backbone, progress=False,
+                          cache=cache)
+
+
+def cell_file(p: Plan, cell: Cell, backbone=None) -> tuple[Path, str]:
+    """``(result file, result key)`` of a cell (the file need not exist yet)."""
+    return cell_result_file(cell.method.method, cell.method.config, p.dataset, cell.category, cell.k, cell.seed,
+                            folder=f"{p.table}-{cell.method.key}", results_root=p.results_root,
+                            data_root=p.data_root, backbone=backbone)
+
+
+def finished_cell(p: Plan, cell: Cell, backbone=None) -> dict | None:
+    """The result of a finished cell as :func:`run_plan_cell` returns it (``skipped``), else None."""
+    path, key = cell_file(p, cell, backbone)
+    previous = read_result(path)
+    if previous is None or previous.get("config_hash") != key:
+        return None
+    return {**previous, "skipped": True, "result_file": str(path)}
+
+
+def run_sequential(p: Plan, progress: bool = True, cache=None, backbone=None) -> dict[Cell, dict]:
+    """Run every cell of ``p`` in this process, one after another; their results by cell.
+
+    All cells share one backbone and one :class:`~vtfusion.cache.FeatureCache` (``None``:
+    ``FeatureCache.from_env()``).
+    """
+    backbone = build_backbone(p.cfg.backbone, seed=0) if backbone is None else backbone
+    cache = FeatureCache.from_env() if cache is None else cache
+    bar = _bar(len(p.cells), progress, f"{p.table} {p.dataset}")
+    results = {}
+    for cell in p.cells:
+        results[cell] = result = run_plan_cell(p, cell, backbone, cache)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(cell.label() + (" (done before)" if result["skipped"] else ""))
+    if bar is not None:
+        bar.close()
+    return results
+
+
 def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int, ...] | None = None,
               seeds: tuple[int, ...] | None = None, categories: tuple[str, ...] | None = None,
               results_root: str | Path | None = None, runs_root: str | Path | None = None,
@@ -112,47 +221,46 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
               progress: bool = True, cache=None, methods: tuple[str, ...] | None = None) -> list[dict]:
     """Run (or reuse) every cell of ``table`` and return one summary row per (method, k).
 
-    All cells share one backbone and one :class:`~vtfusion.cache.FeatureCache` (``None``:
-    ``FeatureCache.from_env()``), so a category's test images are decoded and its test
-    tokens computed once for every k, seed and method of the table. ``methods``: the
-    registered methods that are rows of ``table1`` (default: VTFusion); a method without
-    shots runs once per category and gives one row, ``k = 0``.
+    :func:`plan` -> :func:`run_sequential` -> :func:`summarise`. All cells share one backbone
+    and one :class:`~vtfusion.cache.FeatureCache` (``None``: ``FeatureCache.from_env()``), so
+    a category's test images are decoded and its test tokens computed once for every k,
+    seed and method of the table. ``methods``: the registered methods that are rows of
+    ``table1`` (default: VTFusion); a method without shots runs once per category and
+    gives one row, ``k = 0``. :mod:`vtfusion.launch` runs the same plan over several
+    devices or a Slurm cluster.
     """
-    shots = tuple(shots or default_shots(table))
-    seeds = tuple(seeds or cfg.data.seeds)
-    cats = tuple(categories or cfg.data.categories or dataset_categories(dataset))
-    paper_dataset = paper_dataset or (dataset if dataset in ("mvtec", "visa") else "mvtec")
-    rows_of = table_methods(table, cfg, methods)
-    backbone = build_backbone(cfg.backbone, seed=0)
-    cache = FeatureCache.from_env() if cache is None else cache
-    grid = {m.key: _grid(m, shots, seeds) for m in rows_of}
-    cells = [(m, k, s, c) for m in rows_of for k, s in grid[m.key] for c in cats]
-    bar = _bar(len(cells), progress, f"{table} {dataset}")
+    p = plan(table, cfg, dataset, shots, seeds, categories, results_root, runs_root, data_root,
+             paper_dataset, methods)
+    return summarise(p, run_sequential(p, progress, cache))
+
+
+def summarise(p: Plan, results: dict[Cell, dict]) -> list[dict]:
+    """One summary row per (method, k) from the results of every cell of ``p``.
+
+    The rows depend only on the cells' results (not on the order or the process that ran
+    them), so a launcher's summary equals a sequential run's.
+    """
     per_cell: dict[tuple[str, int, int], list[dict]] = {}
     not_measured: dict[tuple[str, int, str], str] = {}
     files: dict[tuple[str, int], list[str]] = {}
-    for method, k, seed, category in cells:
-        result = run_method(method.method, method.config, dataset, category, k, seed, folder=f"{table}-{method.key}",
-                            results_root=results_root, runs_root=runs_root, data_root=data_root,
-                            backbone=backbone, progress=False, cache=cache)
-        per_cell.setdefault((method.key, k, seed), []).append(result["metrics"])
+    # The plan's row order (method, k, seed, category) fixes the order of every list below.
+    for cell in sorted(p.cells, key=lambda c: (p.rows.index(c.method), p.grid[c.method.key].index((c.k, c.seed)),
+                                               p.categories.index(c.category))):
+        result = results[cell]
+        per_cell.setdefault((cell.method.key, cell.k, cell.seed), []).append(result["metrics"])
         for where, why in (result.get("null_reasons") or {}).items():  # e.g. image labels only: no masks
-            not_measured.setdefault((method.key, k, where.removeprefix("metrics.")), why)
-        files.setdefault((method.key, k), []).append(result["result_file"])
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"{method.key} k={k} seed={seed} {category}"
-                                + (" (done before)" if result["skipped"] else ""))
-    if bar is not None:
-        bar.close()
-    key = summary_key(cfg, table, shots, seeds, cats, paper_dataset, tuple(dict.fromkeys(m.method for m in rows_of)))
-    summary_dir = Path(results_root) if results_root is not None else None
+            not_measured.setdefault((cell.method.key, cell.k, where.removeprefix("metrics.")), why)
+        files.setdefault((cell.method.key, cell.k), []).append(result["result_file"])
+    table, cfg, cats, grid = p.table, p.cfg, p.categories, p.grid
+    key = summary_key(cfg, table, p.shots, p.seeds, cats, p.paper_dataset,
+                      tuple(dict.fromkeys(m.method for m in p.rows)))
+    summary_dir = Path(p.results_root) if p.results_root is not None else None
     rows = []
-    for method in rows_of:
+    for method in p.rows:
         for k in dict.fromkeys(k for k, _ in grid[method.key]):
             row_seeds = [s for kk, s in grid[method.key] if kk == k]
-            row = {"table": table, "method": method.key, "k": k, "dataset": dataset, "seeds": row_seeds,
-                   "categories": list(cats), "profile": cfg.profile, "paper_dataset": paper_dataset,
+            row = {"table": table, "method": method.key, "k": k, "dataset": p.dataset, "seeds": row_seeds,
+                   "categories": list(cats), "profile": cfg.profile, "paper_dataset": p.paper_dataset,
                    "config_hash": key, "cells": len(files[(method.key, k)]),
                    "cell_files": [_relative(f, summary_dir, cfg.profile) for f in files[(method.key, k)]]}
             reasons = {}
@@ -170,7 +278,7 @@ def reproduce(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int,
                 row["null_reasons"] = reasons
             row["per_category"] = _per_category(per_cell, method.key, k, tuple(row_seeds), cats)
             for level in ("image", "pixel"):
-                row[f"paper_{level}_auroc"] = paper_reference(table, method.paper_key, paper_dataset, level, k)
+                row[f"paper_{level}_auroc"] = paper_reference(table, method.paper_key, p.paper_dataset, level, k)
             rows.append(row)
     return rows
 
