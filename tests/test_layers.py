@@ -30,7 +30,7 @@ METHOD_LAYER = ("vtfusion.backbone", "vtfusion.weights", "vtfusion.model", "vtfu
                 "vtfusion.config", "vtfusion.recipes")
 #: The experiments: which cells run, where runs and results are kept, caches, tables, the CLI, figures.
 EXPERIMENT_LAYER = ("vtfusion.runs", "vtfusion.results", "vtfusion.provenance", "vtfusion.evaluate",
-                    "vtfusion.reproduce", "vtfusion.validation", "vtfusion.cache", "vtfusion.cli",
+                    "vtfusion.reproduce", "vtfusion.launch", "vtfusion.validation", "vtfusion.cache", "vtfusion.cli",
                     "vtfusion.predict", "vtfusion.viz", "vtfusion.paper_tables", "vtfusion.explorer",
                     "vtfusion.tables")
 

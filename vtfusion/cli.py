@@ -68,6 +68,9 @@ INT_RANGES = (
     IntRange("layers", "--layers", 1, None, "blocks are numbered from 1"),
     IntRange("seed", "--seed", 0, SEED_LIMIT, f"give a seed from 0 to {SEED_LIMIT - 1}"),
     IntRange("seeds", "--seeds", 0, SEED_LIMIT, f"give seeds from 0 to {SEED_LIMIT - 1}"),
+    IntRange("slurm_time", "--slurm-time", 1, None, "give a time limit per cell of 1 minute or more"),
+    IntRange("slurm_gpus_per_task", "--slurm-gpus-per-task", 0, None, "give 0 or more GPUs per task"),
+    IntRange("slurm_array_parallelism", "--slurm-array-parallelism", 1, None, "give 1 or more tasks at once"),
 )
 """Every integer option of every command, by its ``dest``: checked by :func:`validate_args`."""
 
@@ -327,7 +330,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from vtfusion.config import describe  # local: light CLI
-    from vtfusion.reproduce import default_shots, format_rows, reproduce, write_summary
+    from vtfusion.launch import CellsFailed, SlurmOptions, describe_plan, launch
+    from vtfusion.reproduce import default_shots, format_rows, plan, summarise, write_summary
     from vtfusion.tables import write_tables
 
     cfg = _experiment_config(args)
@@ -339,11 +343,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.categories:
         check_categories(dataset, args.categories, "--categories")
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, categories=tuple(args.categories)))
+    devices = _launch_devices(args)
     print(describe(cfg, dataset=dataset, shots=shots))
-    rows = reproduce(args.table, cfg, dataset, shots=shots,
-                     seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
-                     runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
-                     progress=not args.quiet, methods=tuple(args.methods) if args.methods else None)
+    cells = plan(args.table, cfg, dataset, shots=shots, seeds=tuple(args.seeds) if args.seeds else None,
+                 results_root=args.results, runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
+                 methods=tuple(args.methods) if args.methods else None)
+    if args.dry_run:
+        print(describe_plan(cells, args.launcher, devices))
+        return 0
+    slurm = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_gpus_per_task,
+                         args.slurm_array_parallelism, args.slurm_cluster)
+    try:
+        rows = summarise(cells, launch(cells, args.launcher, devices, slurm, progress=not args.quiet))
+    except CellsFailed as err:  # the other cells are on disk: a rerun redoes only these
+        print("\n".join(f"failed: {line}" for line in err.failures), file=sys.stderr)
+        print(f"{len(err.failures)} cell(s) failed (list: {err.path}); run the same command again to redo "
+              "only them", file=sys.stderr)
+        return 1
     print(format_rows(rows))
     out = Path(args.results or paths.results_dir()) / cfg.profile
     json_path, csv_path = write_summary(rows, out)
@@ -351,6 +367,21 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     md_path, table_csv_path = write_tables(rows, json_path)
     print(f"wrote {json_path}, {csv_path}, {md_path} and {table_csv_path}")
     return 0
+
+
+def _launch_devices(args: argparse.Namespace) -> list[str] | None:
+    """The devices of ``--launcher local`` (:func:`vtfusion.launch.parse_devices`); None otherwise."""
+    from vtfusion.launch import parse_devices  # local: light CLI
+
+    if args.devices is not None and args.launcher != "local":
+        raise CLIError(f"--devices is for --launcher local, not {args.launcher}", "--devices",
+                       "add --launcher local, or drop --devices")
+    if args.launcher != "local":
+        return None
+    try:
+        return parse_devices(args.devices or "cuda:0")
+    except ValueError as err:
+        raise CLIError(str(err), "--devices", "e.g. --devices cuda:0,cuda:1 (or cpu,cpu)") from None
 
 
 def reproduce_datasets(cfg, requested: str | None) -> tuple[str, str]:
@@ -549,6 +580,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
     p.add_argument("--runs", type=Path, default=None, help="trained models folder (default runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--launcher", choices=["sequential", "local", "slurm"], default="sequential",
+                   help="where the cells run: one after another here (default), one worker process per "
+                        "--devices entry, or a Slurm job array through submitit (pip install 'vtfusion[cluster]')")
+    p.add_argument("--devices", default=None, metavar="LIST",
+                   help="--launcher local: comma-separated devices, one worker each (default cuda:0), "
+                        "e.g. cuda:0,cuda:1 or cpu,cpu")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the cell plan (finished, to run, per worker) and its estimated time; run nothing")
+    p.add_argument("--slurm-partition", default=None, help="--launcher slurm: the partition (default: the cluster's)")
+    p.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
+                   help="--launcher slurm: time limit of each cell's task, in minutes (default 240)")
+    p.add_argument("--slurm-gpus-per-task", type=int, default=1, help="--launcher slurm: GPUs per task (default 1)")
+    p.add_argument("--slurm-array-parallelism", type=int, default=32,
+                   help="--launcher slurm: at most this many cells run at once (default 32)")
+    p.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default="slurm",
+                   help="--launcher slurm: 'local' or 'debug' run submitit's executors on this machine, "
+                        "to try the path without a cluster (default slurm)")
     _add_model_options(p)
     _add_require_masks_option(p)
     p.set_defaults(func=_cmd_reproduce, outputs=("results", "runs"))

@@ -182,16 +182,18 @@ def describe_plan(p: Plan, launcher: str = "sequential", devices: list[str] | No
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 # --- running the cells ------------------------------------------------------------------
 
 def launch(p: Plan, launcher: str, devices: list[str] | None = None, slurm: SlurmOptions | None = None,
-           progress: bool = True) -> dict[Cell, dict]:
+           progress: bool = True, runner=None) -> dict[Cell, dict]:
     """Run the unfinished cells of ``p`` with ``launcher`` and return the results of every cell.
 
-    Raises :class:`CellsFailed` (after every other cell finished) when some cells failed.
+    ``runner``: what a local worker calls per cell (:func:`run_local`; tests make one fail). Raises :class:`CellsFailed` (after every other cell finished) when some cells failed.
     """
     backbone = build_backbone(p.cfg.backbone, seed=0)
     if launcher == "sequential":  # the plain loop, cache and bar of `reproduce`
@@ -199,7 +201,7 @@ def launch(p: Plan, launcher: str, devices: list[str] | None = None, slurm: Slur
     results, todo = split_finished(p, backbone)
     folder = _submission_folder(p)
     if launcher == "local":
-        new, failures = run_local(p, todo, devices or ["cpu"], progress)
+        new, failures = run_local(p, todo, devices or ["cpu"], progress, runner)
     elif launcher == "slurm":
         new, failures = run_slurm(p, todo, folder, slurm or SlurmOptions(), progress)
     else:
@@ -304,7 +306,7 @@ def run_slurm(p: Plan, cells: list[Cell], folder: Path, options: SlurmOptions,
     try:
         import submitit  # local: an optional extra (pip install 'vtfusion[cluster]')
     except ImportError as err:
-        raise RuntimeError("--launcher slurm needs submitit: pip install 'vtfusion[cluster]'") from err
+        raise ValueError("--launcher slurm needs submitit: pip install 'vtfusion[cluster]'") from err
     if not cells:
         return {}, []
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if options.cluster == "slurm"
