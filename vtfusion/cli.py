@@ -331,7 +331,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from vtfusion.config import describe  # local: light CLI
     from vtfusion.launch import CellsFailed, SlurmOptions, describe_plan, launch
-    from vtfusion.reproduce import default_shots, format_rows, plan, summarise, write_summary
+    from vtfusion.reproduce import default_shots, format_rows, plan, reproduce, summarise, write_summary
     from vtfusion.tables import write_tables
 
     cfg = _experiment_config(args)
@@ -345,16 +345,20 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, categories=tuple(args.categories)))
     devices = _launch_devices(args)
     print(describe(cfg, dataset=dataset, shots=shots))
-    cells = plan(args.table, cfg, dataset, shots=shots, seeds=tuple(args.seeds) if args.seeds else None,
-                 results_root=args.results, runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
+    where = dict(shots=shots, seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
+                 runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
                  methods=tuple(args.methods) if args.methods else None)
+    cells = plan(args.table, cfg, dataset, **where) if args.dry_run or args.launcher != "sequential" else None
     if args.dry_run:
         print(describe_plan(cells, args.launcher, devices))
         return 0
     slurm = SlurmOptions(args.slurm_partition, args.slurm_time, args.slurm_gpus_per_task,
                          args.slurm_array_parallelism, args.slurm_cluster)
     try:
-        rows = summarise(cells, launch(cells, args.launcher, devices, slurm, progress=not args.quiet))
+        if cells is None:  # sequential: reproduce() is plan -> run_sequential -> summarise
+            rows = reproduce(args.table, cfg, dataset, progress=not args.quiet, **where)
+        else:
+            rows = summarise(cells, launch(cells, args.launcher, devices, slurm, progress=not args.quiet))
     except CellsFailed as err:  # the other cells are on disk: a rerun redoes only these
         print("\n".join(f"failed: {line}" for line in err.failures), file=sys.stderr)
         print(f"{len(err.failures)} cell(s) failed (list: {err.path}); run the same command again to redo "
