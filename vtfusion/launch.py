@@ -156,7 +156,7 @@ def describe_plan(p: Plan, launcher: str = "sequential", devices: list[str] | No
     of each worker, and the time they need estimated from measured per-cell costs."""
     done, todo = split_finished(p, backbone)
     cost = measured_seconds(p)
-    lines = [f"{p.table} on {p.dataset}: {len(p.cells)} cells ({len(p.rows)} row families x k x seed x "
+    lines = [f"{p.table} on {p.dataset}: {len(p.cells)} cells ({len(p.rows)} row(s) x their k and seeds x "
              f"{len(p.categories)} categories), {len(done)} finished, {len(todo)} to run"]
     for method in p.rows:
         left = sum(c.method == method for c in todo)
