@@ -303,12 +303,12 @@ def run_slurm(p: Plan, cells: list[Cell], folder: Path, options: SlurmOptions,
     Logs go to ``<folder>/<job id>_<task>/``. ``options.cluster``: ``local``/``debug`` use
     submitit's executors on this machine.
     """
+    if not cells:  # a resubmission of a finished plan submits nothing
+        return {}, []
     try:
         import submitit  # local: an optional extra (pip install 'vtfusion[cluster]')
     except ImportError as err:
         raise ValueError("--launcher slurm needs submitit: pip install 'vtfusion[cluster]'") from err
-    if not cells:
-        return {}, []
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=None if options.cluster == "slurm"
                                      else options.cluster)
     # slurm_* options are ignored by the local executors; timeout_min applies everywhere.
