@@ -33,7 +33,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from vtfusion.config import ExperimentConfig
 from vtfusion.methods.base import AnomalyMethod, Prediction, Shots, _device_of
 from vtfusion.methods.registry import register_method
 from vtfusion.prompts import PromptConfig, build_prompts, object_name_for
@@ -112,7 +114,7 @@ class WinCLIP(AnomalyMethod):
     reads_tokens = False  # it encodes windows of the images, not the cached tokens
     options_type = WinCLIPConfig
 
-    def __init__(self, cfg, backbone=None, options: Any = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, backbone: nn.Module | None = None, options: Any = None) -> None:
         super().__init__(cfg, backbone, options)
         self.text: torch.Tensor | None = None
         self.memory: list[torch.Tensor] = []
@@ -194,6 +196,7 @@ class WinCLIPPlus(WinCLIP):
     """WinCLIP+ (Jeong et al., CVPR 2023): WinCLIP fused with a few-shot memory of the shots' windows and patches."""
 
     uses_shots = True
+    paper_key = "winclip_plus"  # Table I's WinCLIP+ row, the paper's quoted values
 
 
 __all__ = ["WinCLIP", "WinCLIPConfig", "WinCLIPPlus", "harmonic_aggregate", "window_indices"]
