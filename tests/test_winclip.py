@@ -61,6 +61,8 @@ def test_winclip_plus_scores_a_shot_lower_than_an_altered_image(backbone):
     assert pred.maps.shape == (2, 240, 240) and pred.scores[0] < pred.scores[1]
     assert pred.maps[0, 64:128, 64:128].mean() < pred.maps[1, 64:128, 64:128].mean()
     assert method.cost.predicted_images == 2 and method.cost.fit_seconds > 0
+    assert set(pred.extra_maps) == {"text", "memory"}, "WinCLIP+'s zero-shot and few-shot parts"
+    assert torch.allclose(pred.maps, (pred.extra_maps["text"] + pred.extra_maps["memory"]) / 2, atol=1e-6)
 
 
 def test_winclip_methods_run_through_reproduce(toy_root, tmp_path):

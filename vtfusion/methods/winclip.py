@@ -170,13 +170,12 @@ class WinCLIP(AnomalyMethod):
         emb = self._embed(images)
         n_scales = len(self.options.scales)
         zero, image = self.zero_shot(images, emb[:n_scales])
-        patch_map, score = zero, image
-        if self.uses_shots:
-            few = self.few_shot(emb)
-            patch_map = (zero + few) / 2
-            score = (image + few.flatten(1).amax(1)) / 2
-        maps = F.interpolate(patch_map[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return Prediction(maps, score)
+        if not self.uses_shots:
+            return Prediction(_upsample(zero, size), image)
+        few = self.few_shot(emb)
+        score = (image + few.flatten(1).amax(1)) / 2
+        return Prediction(_upsample((zero + few) / 2, size), score,
+                          {"text": _upsample(zero, size), "memory": _upsample(few, size)})
 
     def few_shot(self, emb: list[torch.Tensor]) -> torch.Tensor:
         """WinCLIP+'s few-shot ``B x h x w`` map (Sec. 4.3): per scale, ``min_r (1 - <f, r>) / 2``
@@ -196,7 +195,14 @@ class WinCLIPPlus(WinCLIP):
     """WinCLIP+ (Jeong et al., CVPR 2023): WinCLIP fused with a few-shot memory of the shots' windows and patches."""
 
     uses_shots = True
+    #: scored beside the fused map: the zero-shot (``text``) and the few-shot (``memory``) maps
+    map_names = ("text", "memory")
     paper_key = "winclip_plus"  # Table I's WinCLIP+ row, the paper's quoted values
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``B x h x w`` -> ``B x H x W``, bilinear."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 __all__ = ["WinCLIP", "WinCLIPConfig", "WinCLIPPlus", "harmonic_aggregate", "window_indices"]
