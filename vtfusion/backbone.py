@@ -486,6 +486,9 @@ class FrozenCLIP(nn.Module):
             per scale, ``B x W x embed_dim`` float32 (not normalised).
         """
         v = self.clip.visual
+        if not all(hasattr(v, a) for a in ("conv1", "class_embedding", "positional_embedding", "_pool")):
+            raise ValueError(f"BackboneConfig.arch: encode_windows needs open_clip's own VisionTransformer "
+                             f"(conv1, class token, positional embedding), not {type(v).__name__}")
         x = self._normalise(images)
         out = []
         with self._autocast(x.device):
@@ -502,7 +505,7 @@ class FrozenCLIP(nn.Module):
                 pooled = []
                 for i in range(0, seq.shape[0], chunk):
                     part = v.transformer(v.ln_pre(seq[i:i + chunk]))
-                    emb, _ = v._pool(part)
+                    emb, _ = v._pool(part)  # open_clip's own pooling + ln_post (3.x; private name)
                     pooled.append(emb @ v.proj if v.proj is not None else emb)
                 out.append(torch.cat(pooled).float().reshape(b, n_win, -1))
         return out
