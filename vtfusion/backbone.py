@@ -455,6 +455,68 @@ class FrozenCLIP(nn.Module):
         v = self.clip.visual
         return v.ln_post(tokens) @ v.proj
 
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's image embedding (class token, ``ln_post``, ``proj``; not normalised):
+        ``B x 3 x S x S`` in [0, 1] -> ``B x embed_dim``, float32."""
+        x = self._normalise(images)
+        with self._autocast(x.device):
+            return self.clip.visual(x).float()
+
+    @torch.no_grad()
+    def encode_windows(self, images: torch.Tensor, windows: Sequence[torch.Tensor],
+                       chunk: int = 4096) -> list[torch.Tensor]:
+        """CLIP image embeddings of windows of patches, each window encoded on its own.
+
+        For every window (a set of patch indices) the class token and that window's patch
+        embeddings (with their own positional embeddings) form one sequence, which goes
+        through ``ln_pre``, the transformer (batch-first, open_clip >= 2.26.1), the pooling,
+        ``ln_post`` and ``proj``, as a whole image would: WinCLIP's window embeddings
+        (Jeong et al., CVPR 2023, Sec. 4.2, "window embeddings" masking the patches
+        outside a window).
+
+        Args:
+            images: ``B x 3 x S x S`` RGB in [0, 1].
+            windows: per scale, a ``W x n`` LongTensor of row-major patch indices into the
+                ``h x w`` grid (``n`` patches per window; see
+                :func:`vtfusion.methods.winclip.window_indices`).
+            chunk: sequences per transformer call (memory bound).
+
+        Returns:
+            per scale, ``B x W x embed_dim`` float32 (not normalised).
+        """
+        v = self.clip.visual
+        if not all(hasattr(v, a) for a in ("conv1", "class_embedding", "positional_embedding", "_pool")):
+            raise ValueError(f"BackboneConfig.arch: encode_windows needs open_clip's own VisionTransformer "
+                             f"(conv1, class token, positional embedding), not {type(v).__name__}")
+        x = self._normalise(images)
+        out = []
+        with self._autocast(x.device):
+            patches = v.conv1(x).flatten(2).transpose(1, 2)  # B x hw x D
+            pos = v.positional_embedding.to(patches.dtype)
+            patches = patches + pos[1:]
+            cls = (v.class_embedding.to(patches.dtype) + pos[0]).view(1, 1, -1)
+            b, d = patches.shape[0], patches.shape[-1]
+            for idx in windows:
+                idx = idx.to(patches.device)
+                n_win, n = idx.shape
+                seq = patches[:, idx].reshape(b * n_win, n, d)  # (B W) x n x D
+                seq = torch.cat([cls.expand(seq.shape[0], 1, d), seq], dim=1)
+                pooled = []
+                for i in range(0, seq.shape[0], chunk):
+                    part = v.transformer(v.ln_pre(seq[i:i + chunk]))
+                    emb, _ = v._pool(part)  # open_clip's own pooling + ln_post (3.x; private name)
+                    pooled.append(emb @ v.proj if v.proj is not None else emb)
+                out.append(torch.cat(pooled).float().reshape(b, n_win, -1))
+        return out
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"backbone expects RGB images B x 3 x {size} x {size} in [0, 1] (resize them to "
+                             f"DataConfig.image_size={size}), got shape {tuple(images.shape)}")
+        return (images.to(self.mean.dtype) - self.mean) / self.std
+
     # -- text -----------------------------------------------------------------------------
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(prompts))

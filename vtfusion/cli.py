@@ -579,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", nargs="+", default=None, help="subset of categories (default: all)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="table1 only: the registered methods that are rows (default: vtfusion; "
-                        "`vtfusion list methods`), e.g. vtfusion patch_knn zero_shot")
+                        "`vtfusion list methods`), e.g. vtfusion winclip_plus patch_knn zero_shot")
     p.add_argument("--root", type=Path, default=None, help="dataset root")
     p.add_argument("--results", type=Path, default=None, help="results folder (default results/)")
     p.add_argument("--runs", type=Path, default=None, help="trained models folder (default runs/)")

@@ -244,10 +244,13 @@ def latest_bench_result(name: str) -> tuple[dict, str] | None:
     return json.loads(found[-1].read_text()), found[-1].parent.name
 
 
-def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_auroc", "aupro")) -> str:
-    """A committed grid benchmark (``bench_pocket``, ``bench_recipe``) as a text table, % mean +- std over seeds.
+def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_auroc", "aupro"),
+                costs: bool = False) -> str:
+    """A committed grid benchmark (``bench_pocket``, ``bench_recipe``, ``bench_baselines``) as a text
+    table, % mean +- std over seeds.
 
     Each row says its backbone; the header names the result folder (date and machine).
+    ``costs``: add the rows' ``ms/image`` and ``s/category`` (``bench_baselines`` records them).
     """
     found = latest_bench_result(name)
     if found is None:
@@ -257,8 +260,11 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
     lines = []
     for part, summaries in groups.items():
         rows = [s for s in summaries if s["k"] == k or k == "any"]
-        body = format_table([(s["row"], s["k"], *[f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}" for m in metrics])
-                             for s in rows], ("method/backbone", "k", *metrics))
+        cost_cols = ("ms/image", "s/category") if costs else ()
+        body = format_table([(s["row"], s["k"], *[f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}" for m in metrics],
+                              *((f"{1000 * s['seconds_per_image']:.1f}", f"{s['category_seconds']:.1f}")
+                                if costs else ()))
+                             for s in rows], ("method/backbone", "k", *metrics, *cost_cols))
         lines.append((f"[{part}]\n" if part else "") + body)
     return f"bench/results/{folder}/{name}.json (mean +- std over shot seeds, %)\n" + "\n\n".join(lines)
 

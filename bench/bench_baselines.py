@@ -1,0 +1,143 @@
+"""The baselines every few-shot method must beat, beside VTFusion, on the toy test split.
+
+Every registered baseline (``zero_shot``, ``winclip``, ``winclip_plus``, ``patch_knn``) and
+VTFusion with the project's recipe, through :func:`vtfusion.evaluate.run_method` (cached,
+resumable; the same shot lists and metrics for all), for k = ``--shots`` and shot seeds
+``--seeds``, on one backbone (``--backbone``). Methods without shots (``zero_shot``,
+``winclip``) run once per category (``k = 0``) and are repeated on each k's row.
+
+    .venv/bin/python bench/bench_baselines.py --backbone tiny --shots 1 2 4 8 --seeds 0 1 2
+    .venv/bin/python bench/bench_baselines.py --backbone tiny --shots 1 2 --seeds 0 --commit-dir
+
+Besides the metrics (mean +- std over seeds of the category means, %), each row records its
+cost from the cells' :class:`~vtfusion.methods.MethodCost`: ``seconds_per_image`` (the method's
+prediction per test image; the backbone's tokens are excluded for methods that read them from
+the token cache, while WinCLIP encodes its windows itself, so its figure includes its backbone),
+``fit_seconds`` (per category: training or building the memory) and ``category_seconds`` (the
+whole cell: fit, prediction, metrics). Writes ``runs/bench/baselines.json``; ``--commit-dir``
+also copies it to ``bench/results/<date>-<machine>/baselines.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import environment  # noqa: E402
+
+from vtfusion.backbone import build_backbone  # noqa: E402
+from vtfusion.cache import FeatureCache  # noqa: E402
+from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
+from vtfusion.evaluate import run_method  # noqa: E402
+from vtfusion.io import atomic_write_json  # noqa: E402
+from vtfusion.methods import get_method  # noqa: E402
+from vtfusion.paths import PROJECT_ROOT  # noqa: E402
+from vtfusion.recipes import apply_recipe  # noqa: E402
+from vtfusion.validation import summarize  # noqa: E402
+from vtfusion.viz import format_table  # noqa: E402
+
+BACKBONES = {
+    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
+    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
+    "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
+}
+METHODS = ("zero_shot", "winclip", "winclip_plus", "patch_knn", "vtfusion")
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def run_row(method: str, cfg, shots: tuple[int, ...], seeds: tuple[int, ...], categories: tuple[str, ...],
+            backbone, args) -> list[dict]:
+    """One method's cells; a summary per k and one over all k, with its cost."""
+    results = []
+    for k in shots:
+        for seed in seeds:
+            for cat in categories:
+                r = run_method(method, cfg, "toy", cat, k, seed, results_root=args.results, runs_root=args.runs,
+                               backbone=backbone, cache=FeatureCache.from_env())
+                results.append({**r, "k": k, "seed": seed})  # a k = 0 method is repeated on each k's row
+    out = []
+    for k in (*shots, "all"):
+        subset = [r for r in results if k == "all" or r["k"] == k]
+        costs = [r.get("cost") or {} for r in subset]
+        out.append({"row": method, "backbone": cfg.backbone.arch, "weights": cfg.backbone.weights, "k": k,
+                    **summarize(subset),
+                    "seconds_per_image": _mean([c.get("predict_seconds_per_image") or 0.0 for c in costs]),
+                    "fit_seconds": _mean([c.get("fit_seconds") or 0.0 for c in costs]),
+                    "category_seconds": _mean([r.get("wall_seconds") or 0.0 for r in subset])})
+    return out
+
+
+def table(summaries: list[dict]) -> str:
+    def cell(s, m):
+        return "-" if m not in s else f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}"
+
+    return format_table([(s["row"], s["k"], *[cell(s, m) for m in ("image_auroc", "pixel_auroc", "aupro")],
+                          f"{1000 * s['seconds_per_image']:.1f}", f"{s['category_seconds']:.1f}")
+                         for s in summaries], ("method", "k", "image_auroc", "pixel_auroc", "aupro",
+                                               "ms/image", "s/category"))
+
+
+def machine_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="tiny", choices=tuple(BACKBONES))
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=300, help="VTFusion's training iterations (quick: 300)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", type=Path, default=Path("runs/bench/baselines/results"))
+    p.add_argument("--runs", type=Path, default=Path("runs/bench/baselines/runs"))
+    p.add_argument("--out", type=Path, default=Path("runs/bench/baselines.json"))
+    p.add_argument("--commit-dir", nargs="?", const="auto", default=None,
+                   help="also copy the JSON to bench/results/<this folder> (default name: <date>-<machine>)")
+    args = p.parse_args(argv)
+    for m in args.methods:
+        get_method(m)  # unknown names fail before any work
+    torch.set_num_threads(args.threads)
+    base = get_profile("quick")
+    base = base.replace(backbone=BACKBONES[args.backbone],
+                        train=dataclasses.replace(base.train, iterations=args.iterations, device="cpu"))
+    cfg = apply_recipe(base, "project")
+    backbone = build_backbone(cfg.backbone, seed=0)
+    categories = tuple(dataset_categories("toy"))
+    record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
+              "backbone": args.backbone, "shots": args.shots, "seeds": args.seeds, "summaries": []}
+    start = time.perf_counter()
+    for method in args.methods:
+        t = time.perf_counter()
+        rows = run_row(method, cfg, tuple(args.shots), tuple(args.seeds), categories, backbone, args)
+        record["summaries"] += rows
+        print(f"{method}: {time.perf_counter() - t:.0f}s", flush=True)
+    record["seconds"] = time.perf_counter() - start
+    print(table(record["summaries"]))
+    atomic_write_json(args.out, record)
+    print(f"wrote {args.out}")
+    if args.commit_dir:
+        name = time.strftime("%Y-%m-%d") + "-" + machine_name() if args.commit_dir == "auto" else args.commit_dir
+        dest = PROJECT_ROOT / "bench" / "results" / name / "baselines.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out, dest)
+        print(f"copied to {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
