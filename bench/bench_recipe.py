@@ -54,11 +54,16 @@ def configs(backbone: BackboneConfig, iterations: int):
     return apply_recipe(base, "paper"), apply_recipe(base, "project")
 
 
-def recipe_rows(backbone: str, iterations: int) -> list[Row]:
+RECIPE_ROWS = ("patch_knn", "paper", "project")
+
+
+def recipe_rows(backbone: str, iterations: int, which: tuple[str, ...] = RECIPE_ROWS) -> list[Row]:
+    """The reference and the two recipes (``which`` of :data:`RECIPE_ROWS`) on ``backbone``."""
     paper, project = configs(backbone_config(backbone), iterations)
-    return [Row(f"patch_knn/{backbone}", "patch_knn", project),
-            Row(f"vtfusion-paper/{backbone}", "vtfusion", paper),
-            Row(f"vtfusion-project/{backbone}", "vtfusion", project)]
+    rows = {"patch_knn": Row(f"patch_knn/{backbone}", "patch_knn", project),
+            "paper": Row(f"vtfusion-paper/{backbone}", "vtfusion", paper),
+            "project": Row(f"vtfusion-project/{backbone}", "vtfusion", project)}
+    return [rows[name] for name in which]
 
 
 def claim_rows(backbone: str, iterations: int) -> list[Row]:
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p = grid_parser(__doc__, "recipe", shots=[1, 2, 4, 8])
     p.add_argument("--parts", nargs="+", default=["toy", "claims"], choices=("toy", "real", "claims"))
     p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"], choices=("tiny", "pocket"))
+    p.add_argument("--rows", nargs="+", default=list(RECIPE_ROWS), choices=RECIPE_ROWS,
+                   help="rows of the toy and real parts (default: all three)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "parts": {}}
@@ -103,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         if part == "toy":
             for bb in args.backbones:
                 print(f"\n== toy, {bb}: k {args.shots}, seeds {args.seeds}", flush=True)
-                s = run_grid(recipe_rows(bb, args.iterations), "toy", toy, tuple(args.shots), tuple(args.seeds), **grid)
+                s = run_grid(recipe_rows(bb, args.iterations, tuple(args.rows)), "toy", toy, tuple(args.shots), tuple(args.seeds), **grid)
                 print(grid_table(s))
                 record["parts"][f"toy/{bb}"] = s
         elif part == "real":
             for cat in ("tire", "magnetic_tile"):
                 print(f"\n== real_ad {cat}, random ViT-B-16-plus-240", flush=True)
-                s = run_grid(recipe_rows("vitb_random", args.iterations), "real_ad", (cat,), (2, 4), (0,), **grid)
+                s = run_grid(recipe_rows("vitb_random", args.iterations, tuple(args.rows)), "real_ad", (cat,), (2, 4), (0,), **grid)
                 print(grid_table(s))
                 record["parts"][f"real/{cat}"] = s
         else:

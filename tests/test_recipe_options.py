@@ -389,6 +389,7 @@ def test_smoothed_max_image_score_ranks_a_blob_above_a_single_pixel(backbone):
     blob[0, 0, 30:38, 30:38] = 0.9
     finals = torch.cat([spike, blob])
     cfg = quick_config(1)
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, image_score="max"))
     plain = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")
     smooth_cfg = cfg.replace(model=dataclasses.replace(cfg.model, image_score="smoothed_max", image_score_sigma=2.0))
     smooth = build_model(smooth_cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")

@@ -41,6 +41,8 @@ PROJECT_OVERRIDES: dict[str, Any] = {
     "model.final_map": "mpf_knn",       # M^f averaged with the squashed raw-token kNN map
     "model.prototypes.afs_margin": "relative",  # Eq. 4's margin from the normal distances
     "model.prototypes.afs_neighbours": 3,       # ... over the 3 nearest prototypes
+    "train.calibration": "augmented_single",    # k = 1: the late mean's statistics from augmented copies
+    "model.image_score": "smoothed_max",        # image score: max of M^f after a Gaussian (sigma 4)
 }
 
 
