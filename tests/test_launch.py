@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from helpers import quick_config
 
 from vtfusion.launch import CellsFailed, SlurmOptions, launch, worker_cell
@@ -35,11 +36,18 @@ def killed_on_weave(p, cell) -> dict:
 
 
 def test_local_launcher_on_two_cpu_workers_gives_the_sequential_summary(toy_root, tmp_path, monkeypatch):
-    # Each run starts from an empty token cache, so both compute the same tokens the same way.
+    # Each run starts from an empty token cache, so both compute the same tokens the same way,
+    # and with the torch thread count each CPU worker gets (launch.pin_device shares the cores):
+    # another count changes float reduction order, hence the last bits of the metrics.
     monkeypatch.setenv("VTFUSION_CACHE", str(tmp_path / "cache-seq"))
-    sequential = reproduce("table1", quick_config(2), "toy", shots=SHOTS, seeds=SEEDS, categories=CATS,
-                           results_root=tmp_path / "seq" / "results", runs_root=tmp_path / "seq" / "runs",
-                           progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) // 2)))
+    try:
+        sequential = reproduce("table1", quick_config(2), "toy", shots=SHOTS, seeds=SEEDS, categories=CATS,
+                               results_root=tmp_path / "seq" / "results", runs_root=tmp_path / "seq" / "runs",
+                               progress=False)
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setenv("VTFUSION_CACHE", str(tmp_path / "cache-local"))
     p = _plan(tmp_path, "local")
     launched = summarise(p, launch(p, "local", ["cpu", "cpu"], progress=False))
