@@ -351,6 +351,16 @@ def _build_pocket(cfg: BackboneConfig, seed: int) -> tuple[nn.Module, str]:
 # The frozen backbone module
 # ---------------------------------------------------------------------------------------
 
+@torch.no_grad()
+def tokens_in_batches(backbone: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """``backbone(images)`` in batches of ``batch_size``, so peak memory stays that of one batch.
+
+    ``N x 3 x S x S`` -> ``N x L x h x w x D`` (on the images' device). For decoded dataset
+    splits the token cache (:func:`vtfusion.cache.compute_tokens`) does the same on disk.
+    """
+    return torch.cat([backbone(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
 class FrozenCLIP(nn.Module):
     """Frozen open_clip CLIP: multi-level patch tokens of images, embeddings of prompts.
 

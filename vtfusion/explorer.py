@@ -27,10 +27,12 @@ What travels: ``3 x h x w`` bytes per image, ``ceil(h * w / 8)`` per mask (bit-p
 each map at its own resolution up to ``map_size`` (one byte a cell), all zlib-compressed:
 about 35 kB of page per image with four maps. Each
 map is quantised over its own range across all images (one colour scale per map, as in
-:func:`vtfusion.viz.heatmap_grid`), so the threshold is in the map's units. The histogram's
-image score is the maximum of the map over the image, computed before quantisation: the
-paper's image score is ``max(M^f)`` (Sec. III-D), so for the final map it is the model's score
-(with the default ``ModelConfig.image_score="max"``; pass ``scores`` to show the model's own).
+:func:`vtfusion.viz.heatmap_grid`), so the threshold is in the map's units. The histogram
+places each image at the maximum of the shown map over the image, computed before
+quantisation, so that it shares the threshold's units. That is the paper's image score,
+``max(M^f)`` (Sec. III-D), only under ``ModelConfig.image_score="max"``; under
+``"smoothed_max"`` (the project recipe) the model scores the max of the smoothed map, so pass
+the model's ``scores`` to show its own beside each title.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vtfusion.augment import AugmentConfig, augment_shots
-from vtfusion.backbone import build_backbone
+from vtfusion.backbone import build_backbone, tokens_in_batches
 from vtfusion.config import NOT_CELL, ExperimentConfig, TrainConfig, without_fields
 from vtfusion.das import AnomalyTypeSelector, synthesize_batch
 from vtfusion.data.categories import category_info
@@ -272,6 +272,10 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
     return result
 
 
+#: added to the training seed for the calibration's augmentation draws
+CALIBRATION_SEED_OFFSET = 7919
+
+
 @torch.no_grad()
 def calibrate_after_training(model: VTFusion, shots: torch.Tensor, shot_tokens: torch.Tensor,
                              tc: TrainConfig, texture: bool = False) -> None:
@@ -290,12 +294,8 @@ def calibrate_after_training(model: VTFusion, shots: torch.Tensor, shot_tokens: 
     gen = torch.Generator(device=device).manual_seed(tc.seed + CALIBRATION_SEED_OFFSET)
     copies = shots.repeat((tc.calibration_views + k - 1) // k, 1, 1, 1)[:tc.calibration_views]
     views = augment_shots(copies, gen, AugmentConfig(kind="light"), texture)
-    tokens = torch.cat([model.backbone(views[i:i + 32]) for i in range(0, len(views), 32)])
+    tokens = tokens_in_batches(model.backbone, views)
     model.calibrate(model.aie(tokens), tokens=tokens, unseen=True)
-
-
-#: added to the training seed for the calibration's augmentation draws
-CALIBRATION_SEED_OFFSET = 7919
 
 
 def _progress(total: int, enabled: bool, desc: str):
