@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +37,15 @@ from vtfusion.deploy import FORMAT, INPUT_KINDS, INPUT_NAME, OUTPUT_NAMES
 from vtfusion.io import atomic_write
 
 OPSET = 17
+
+
+def require_deploy_extra():
+    """The ``onnx`` module, or a ``ValueError`` saying how to install the deploy extra."""
+    try:
+        import onnx  # local: the deploy extra is optional
+    except ImportError:
+        raise ValueError("onnx is not installed (needed by vtfusion export); pip install 'vtfusion[deploy]'") from None
+    return onnx
 
 
 class DeployGraph(nn.Module):
@@ -117,8 +127,7 @@ def export_model(model: nn.Module, config, out: str | Path, extra: dict[str, Any
                  input_kind: str = "uint8", opset: int = OPSET) -> Path:
     """Write ``model`` (a trained :class:`~vtfusion.model.network.VTFusion`) as one ONNX
     graph to ``out`` (atomically); returns the path. See the module docstring."""
-    import onnx  # local: the deploy extra is optional
-
+    onnx = require_deploy_extra()
     check_exportable(model, config)
     graph = DeployGraph(model.cpu(), input_kind).eval()
     size = config.data.image_size
@@ -157,13 +166,18 @@ def quantize_int8(src: str | Path, out: str | Path) -> Path:
     The metadata is kept, with ``precision`` set to ``int8``. The accuracy change is
     measured, not assumed: ``bench/bench_onnx.py``.
     """
-    import onnx  # local: the deploy extra is optional
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    onnx = require_deploy_extra()
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # local: the deploy extra is optional
 
     src, out = Path(src), Path(out)
     tmp = out.with_name(out.name + ".quant")
-    quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul", "Gemm"])
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is printed on the root logger
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.getLogger().setLevel(quiet)
     proto = onnx.load(str(tmp))
     tmp.unlink()
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
