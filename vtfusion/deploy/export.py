@@ -14,9 +14,19 @@ default) or float32 in [0, 1] (``"float"``), ``B`` dynamic, ``S`` the trained im
 Outputs: ``final`` (``M^f``, ``B x 1 x S x S`` float32) and ``score`` (``B`` float32).
 The graph's ``metadata_props`` (:func:`deploy_metadata`) say what it is and what it takes.
 
+What is and is not exported. Every ``ModelConfig`` option exports (the variants, each
+``final_map``, ``fusion_input``, ``vision_skip``, both image scores; ``tests/test_deploy.py``
+compares a sample with PyTorch). ``BackboneConfig.precision="bf16"`` is a CUDA autocast:
+the graph computes in fp32, as PyTorch does on a CPU. ``EvalConfig.smoothing_sigma``
+belongs to evaluation, not to ``predict``, and is not in the graph either. A checkpoint
+whose bank was never built, or an operator without an ONNX form, is a ``ValueError``
+naming the option.
+
 The exporter is PyTorch's TorchScript-based ``torch.onnx.export(..., dynamo=False)``:
-the model's Python checks (shapes, a built bank) run once while tracing, and the batch
-size stays symbolic. ``opset`` 17.
+the model's Python checks (shapes, ``bool(bank.built)``) run once while tracing, and the
+batch size stays symbolic. The dynamo exporter (torch 2.13's default) stops at that check
+on a buffer (a data-dependent branch for ``torch.export``) and would need onnxscript.
+``opset`` 17.
 """
 
 from __future__ import annotations
@@ -138,10 +148,16 @@ def export_model(model: nn.Module, config, out: str | Path, extra: dict[str, Any
         # The tracer's notes (Python shape checks frozen at the traced size, constant
         # folding skipped for strided slices) are expected here and say nothing wrong.
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
-                                        OUTPUT_NAMES[1]: {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        try:
+            torch.onnx.export(graph, (example,), buffer, input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES),
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
+                                            OUTPUT_NAMES[1]: {0: "batch"}},
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+        except torch.onnx.OnnxExporterError as err:  # an operator of this config without an ONNX form
+            raise ValueError(f"this checkpoint's graph cannot be exported to ONNX opset {opset} (BackboneConfig.arch="
+                             f"{config.backbone.arch!r}, ModelConfig.variant={config.model.variant!r}, "
+                             f"final_map={config.model.final_map!r}): {str(err).splitlines()[0]}") from err
     proto = onnx.load_from_string(buffer.getvalue())
     meta = deploy_metadata(config, extra or {}, input_kind, model.object_name)
     onnx.helper.set_model_props(proto, meta)
