@@ -361,6 +361,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     if args.out.suffix != ".onnx":
         raise CLIError(f"{args.out} does not end in .onnx", "--out", "name the file model.onnx (or *.onnx)")
+    if args.out.is_dir():
+        raise CLIError(f"{args.out} is a folder", "--out", "give the path of the .onnx file to write")
+    check_output_folder(args.out.parent, "--out")  # before the backbone is built
     if args.precision == "fp32":
         path = export_checkpoint(args.checkpoint, args.out, args.input_kind)
     else:

@@ -53,6 +53,11 @@ class OnnxModel:
         final, score = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
         return final, score
 
+    def run_batched(self, images: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`run` over ``N`` images in batches of ``batch_size``; outputs concatenated."""
+        parts = [self.run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
 
 def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
     """Open an exported graph on the CPU; ``ValueError`` (one line, naming the file) when it
