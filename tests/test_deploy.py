@@ -76,7 +76,7 @@ def test_the_metadata_says_what_the_graph_takes(trained):
     _, checkpoint, onnx_path, _ = trained
     meta = load_onnx(onnx_path).metadata
     payload = read_checkpoint(checkpoint)
-    assert meta["image_size"] == "240" and meta["input_kind"] == "uint8"
+    assert meta["image_size"] == "240" and meta["input_kind"] == "uint8" and meta["precision"] == "fp32"
     assert meta["dataset"] == "toy" and meta["category"] == "washer" and meta["vtfusion_version"]
     assert meta["config_hash"] == config_hash(ExperimentConfig.from_dict(payload["config"]))
 

@@ -121,13 +121,13 @@ def deploy_metadata(config, extra: dict[str, Any], input_kind: str, object_name:
     """The ``metadata_props`` of an exported graph, all strings.
 
     ``format``, ``vtfusion_version``, ``image_size``, ``input_kind`` (``uint8``/``float``),
-    ``input_layout`` (NCHW RGB), ``dataset``, ``category``, ``object_name``,
+    ``input_layout`` (NCHW RGB), ``precision`` (``fp32``; :func:`quantize_int8`: ``int8``), ``dataset``, ``category``, ``object_name``,
     ``config_hash`` (:func:`vtfusion.results.config_hash`) and the whole ``config`` as JSON.
     """
     from vtfusion.results import config_hash  # local: the results store is needed only here
 
     return {"format": FORMAT, "vtfusion_version": __version__, "image_size": str(config.data.image_size),
-            "input_kind": input_kind, "input_layout": "NCHW RGB",
+            "input_kind": input_kind, "input_layout": "NCHW RGB", "precision": "fp32",
             "dataset": str(extra.get("dataset", "")), "category": str(extra.get("category", "")),
             "object_name": object_name, "config_hash": config_hash(config),
             "config": json.dumps(config.to_dict(), sort_keys=True)}
@@ -186,16 +186,17 @@ def quantize_int8(src: str | Path, out: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic  # local: the deploy extra is optional
 
     src, out = Path(src), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".quant")
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is printed on the root logger
     try:
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Gemm"])
+        proto = onnx.load(str(tmp))
     finally:
         logging.getLogger().setLevel(quiet)
-    proto = onnx.load(str(tmp))
-    tmp.unlink()
+        tmp.unlink(missing_ok=True)
     meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
     meta["precision"] = "int8"
     del proto.metadata_props[:]
