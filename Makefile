@@ -23,7 +23,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch===2.13.0" "torchvision===0.28.0"
-	$(PIP) install -q -e ".[book,dev,cluster]"
+	$(PIP) install -q -e ".[book,dev,cluster,deploy]"
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 

@@ -21,8 +21,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vtfusion"
 
-#: Shared by both layers: locations, atomic files, the registry class, the package root.
-SHARED = ("vtfusion", "vtfusion.paths", "vtfusion.io", "vtfusion.registry")
+#: Shared by both layers: locations, atomic files, the registry class, the package root, image files.
+SHARED = ("vtfusion", "vtfusion.paths", "vtfusion.io", "vtfusion.registry", "vtfusion.image_io")
 #: The method: what detects anomalies, and its configs.
 METHOD_LAYER = ("vtfusion.backbone", "vtfusion.weights", "vtfusion.model", "vtfusion.das", "vtfusion.data",
                 "vtfusion.augment", "vtfusion.foreground", "vtfusion.patch_knn", "vtfusion.metrics",
@@ -32,7 +32,7 @@ METHOD_LAYER = ("vtfusion.backbone", "vtfusion.weights", "vtfusion.model", "vtfu
 EXPERIMENT_LAYER = ("vtfusion.runs", "vtfusion.results", "vtfusion.provenance", "vtfusion.evaluate",
                     "vtfusion.reproduce", "vtfusion.launch", "vtfusion.validation", "vtfusion.cache", "vtfusion.cli",
                     "vtfusion.predict", "vtfusion.viz", "vtfusion.paper_tables", "vtfusion.explorer",
-                    "vtfusion.tables")
+                    "vtfusion.tables", "vtfusion.deploy")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ Examples::
     vtfusion pocket pretrain --out runs/pocket  # pre-train the pocket CLIP (resumable)
     vtfusion pocket release --run runs/pocket   # package its weights and model card
     vtfusion list methods                  # registered methods (also: datasets, das-kinds)
+    vtfusion export --checkpoint model.pt --out model.onnx   # one ONNX graph (pip install 'vtfusion[deploy]')
+    vtfusion predict --onnx model.onnx a.png b.png --out pred/  # ONNX Runtime, no torch
 
 Errors are one line, ``error: <what> (<option or file>); <how to fix>``, with exit code 2;
 ``--debug`` (or ``VTFUSION_DEBUG=1``) also prints the traceback.
@@ -305,7 +307,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Options of ``vtfusion predict`` that the ONNX path (image files, CPU) does not take.
+NOT_WITH_ONNX = (("dataset", "--dataset"), ("category", "--category"), ("root", "--root"),
+                 ("device", "--device"), ("require_masks", "--require-masks"))
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.onnx is None):
+        raise CLIError("give one model to predict with", "--checkpoint, --onnx",
+                       "give --checkpoint model.pt (PyTorch) or --onnx model.onnx (`vtfusion export`)")
+    if args.onnx is not None:
+        return _predict_onnx(args)
     from vtfusion.checkpoint import load_checkpoint  # local: light CLI
     from vtfusion.data import load_dataset
     from vtfusion.predict import predict_files
@@ -325,6 +337,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     table = predict_files(model, files, args.out, image_size=cfg.data.image_size)
     print(f"scored {len(files)} image(s): maps/<name>.npy, overlays/<name>.png and {table} "
           "(path, name, image score)")
+    return 0
+
+
+def _predict_onnx(args: argparse.Namespace) -> int:
+    """``vtfusion predict --onnx``: ONNX Runtime on image files; imports no torch."""
+    for dest, option in NOT_WITH_ONNX:
+        if getattr(args, dest):
+            raise CLIError(f"{option} is not used with --onnx", option,
+                           "give the image files to score, or use --checkpoint")
+    if not args.images:
+        raise CLIError("nothing to score", "images", "give the image files to score with --onnx")
+    from vtfusion.deploy.onnx_predict import load_onnx, predict_files_onnx  # local: light CLI
+
+    table = predict_files_onnx(load_onnx(args.onnx), args.images, args.out)
+    print(f"scored {len(args.images)} image(s) with {args.onnx} (ONNX Runtime): maps/<name>.npy, "
+          f"overlays/<name>.png and {table} (path, name, image score)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from vtfusion.deploy.export import export_checkpoint, quantize_int8  # local: light CLI
+
+    if args.out.suffix != ".onnx":
+        raise CLIError(f"{args.out} does not end in .onnx", "--out", "name the file model.onnx (or *.onnx)")
+    if args.out.is_dir():
+        raise CLIError(f"{args.out} is a folder", "--out", "give the path of the .onnx file to write")
+    check_output_folder(args.out.parent, "--out")  # before the backbone is built
+    if args.precision == "fp32":
+        path = export_checkpoint(args.checkpoint, args.out, args.input_kind)
+    else:
+        fp32 = args.out.with_name(args.out.stem + ".fp32.onnx")
+        export_checkpoint(args.checkpoint, fp32, args.input_kind)
+        path = quantize_int8(fp32, args.out)
+        print(f"fp32 graph: {fp32}")
+    print(f"exported {args.checkpoint} -> {path} ({args.precision}, {args.input_kind} input, "
+          f"{path.stat().st_size / 1e6:.1f} MB); run it with `vtfusion predict --onnx {path} IMAGES --out DIR`")
     return 0
 
 
@@ -461,6 +509,9 @@ def require_masks_scope(enabled: bool) -> Iterator[None]:
     """``--require-masks`` for the duration of one command: ``$VTFUSION_REQUIRE_MASKS``, read
     by every dataset the command opens, is set and then restored (in-process callers of
     :func:`main` do not inherit it)."""
+    if not enabled:  # nothing to set: and `predict --onnx` must not import the data layer (torch)
+        yield
+        return
     from vtfusion.data.datasets import REQUIRE_MASKS_ENV  # local: light CLI
 
     before = os.environ.get(REQUIRE_MASKS_ENV)
@@ -555,7 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score images with a trained model",
                        description="Write score maps (.npy), overlays (.png) and scores.csv for images or a test split.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by `vtfusion train`")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model.pt written by `vtfusion train`")
+    p.add_argument("--onnx", type=Path, default=None,
+                   help="instead of --checkpoint: a model.onnx written by `vtfusion export`, run by ONNX Runtime "
+                        "on the CPU without PyTorch (image files only)")
     p.add_argument("images", nargs="*", type=Path, help="image files (default: the test split of --dataset/--category)")
     p.add_argument("--dataset", default=None, help="dataset of the split to score (default: the checkpoint's)")
     p.add_argument("--category", default=None, help="category (default: the checkpoint's)")
@@ -564,7 +618,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     _add_require_masks_option(p)
-    p.set_defaults(func=_cmd_predict, inputs=("checkpoint", "images"), outputs=("out",))
+    p.set_defaults(func=_cmd_predict, inputs=("checkpoint", "onnx", "images"), outputs=("out",))
+
+    p = sub.add_parser("export", help="export a trained model as one ONNX graph",
+                       description="Write a checkpoint as one ONNX graph: image pixels in, the pixel map M^f and "
+                                   "the image score out (backbone, AIE, prototypes, text features and MPF folded "
+                                   "in; dynamic batch size). Needs pip install 'vtfusion[deploy]'.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt written by `vtfusion train`")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format (onnx)")
+    p.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--input-kind", choices=["uint8", "float"], default="uint8",
+                   help="the graph's input: uint8 pixels in [0, 255] (default) or float32 in [0, 1], NCHW RGB")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="fp32 (default), or int8: matrix weights quantised, activations quantised on the fly "
+                        "(the fp32 graph is kept beside it as *.fp32.onnx); bench/bench_onnx.py measures the change")
+    p.set_defaults(func=_cmd_export, inputs=("checkpoint",))
 
     p = sub.add_parser("reproduce", help="reproduce a table of the paper cell by cell",
                        description="Train and evaluate every (category, k, seed, method) cell of a paper table, "

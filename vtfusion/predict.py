@@ -1,4 +1,10 @@
-"""Applying a trained model to images: score maps, overlays and a scores table on disk."""
+"""Applying a trained model to images: score maps, overlays and a scores table on disk.
+
+The writing is torch-free (numpy, PIL, matplotlib for the colour map), so the PyTorch
+path (:func:`predict_files`) and the ONNX Runtime path
+(:func:`vtfusion.deploy.onnx_predict.predict_files_onnx`) write the same files through
+the same functions: :func:`save_prediction` and :func:`write_scores`.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,56 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vtfusion.data.images import load_image
+from vtfusion.image_io import load_image_array, to_unit_float
 from vtfusion.io import atomic_write
 
+SCORES_HEADER = ("path", "name", "image_score")
+"""The columns of ``scores.csv``."""
 
-def heat_overlay(image: torch.Tensor, score_map: torch.Tensor, vmax: float = 1.0, alpha: float = 0.5) -> np.ndarray:
-    """``H x W x 3`` uint8: the image with the score map in a jet colour map blended on top."""
+
+def overlay_rgb(image: np.ndarray, score_map: np.ndarray, vmax: float = 1.0, alpha: float = 0.5) -> np.ndarray:
+    """``H x W x 3`` uint8: an ``H x W x 3`` float image in [0, 1] with the ``H x W`` score map
+    in a jet colour map blended on top."""
     import matplotlib  # local: matplotlib is slow to import; only for overlays
 
-    img = image.permute(1, 2, 0).clamp(0, 1).numpy()
-    heat = matplotlib.colormaps["jet"]((score_map.squeeze().numpy() / max(vmax, 1e-12)).clip(0, 1))[..., :3]
+    img = np.clip(image, 0, 1)
+    heat = matplotlib.colormaps["jet"]((np.squeeze(score_map) / max(vmax, 1e-12)).clip(0, 1))[..., :3]
     return ((1 - alpha) * img + alpha * heat).clip(0, 1).__mul__(255).round().astype(np.uint8)
+
+
+def heat_overlay(image, score_map, vmax: float = 1.0, alpha: float = 0.5) -> np.ndarray:
+    """:func:`overlay_rgb` of a ``3 x H x W`` image tensor and a score-map tensor."""
+    return overlay_rgb(image.permute(1, 2, 0).numpy(), score_map.numpy(), vmax, alpha)
+
+
+def prepare_output(out_dir: str | Path) -> Path:
+    """Create ``out_dir/maps`` and ``out_dir/overlays``; returns ``out_dir`` as a path."""
+    out = Path(out_dir)
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_prediction(out: Path, name: str, image: np.ndarray, score_map: np.ndarray) -> None:
+    """Write ``maps/<name>.npy`` (``H x W`` float32 ``M^f``) and ``overlays/<name>.png``.
+
+    ``image``: the ``H x W x 3`` float image in [0, 1] the model saw.
+    """
+    np.save(out / "maps" / f"{name}.npy", np.asarray(score_map, dtype=np.float32))
+    Image.fromarray(overlay_rgb(image, score_map)).save(out / "overlays" / f"{name}.png")
+
+
+def write_scores(out: Path, rows: Sequence[tuple[str, str, float]]) -> Path:
+    """Write ``scores.csv`` (:data:`SCORES_HEADER`, one row per image) atomically; returns its path."""
+    def write_csv(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(SCORES_HEADER)
+            writer.writerows(rows)
+
+    return atomic_write(out / "scores.csv", write_csv)
 
 
 def predict_files(model, paths: Sequence[str | Path], out_dir: str | Path, image_size: int = 240,
@@ -31,29 +73,20 @@ def predict_files(model, paths: Sequence[str | Path], out_dir: str | Path, image
     ``<name>`` is the file stem, made unique among ``paths`` by :func:`output_names`, so two
     inputs never write the same map or overlay. Returns the path of ``scores.csv``.
     """
-    out = Path(out_dir)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    import torch  # local: the ONNX runner imports this module and must not import torch
+
+    out = prepare_output(out_dir)
     rows = []
     paths = [Path(p) for p in paths]
     names = output_names(paths)
     for i in range(0, len(paths), batch_size):
         chunk = paths[i:i + batch_size]
-        images = torch.stack([load_image(p, image_size) for p in chunk])
-        pred = model.predict(images, batch_size=batch_size)
+        images = np.stack([to_unit_float(load_image_array(p, image_size)) for p in chunk])  # B x S x S x 3
+        pred = model.predict(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), batch_size=batch_size)
         for j, p in enumerate(chunk):
-            name = names[i + j]
-            score_map = pred["final"][j, 0]
-            np.save(out / "maps" / f"{name}.npy", score_map.numpy().astype(np.float32))
-            Image.fromarray(heat_overlay(images[j], score_map)).save(out / "overlays" / f"{name}.png")
-            rows.append((str(p), name, float(pred["score"][j])))
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["path", "name", "image_score"])
-            writer.writerows(rows)
-
-    return atomic_write(out / "scores.csv", write_csv)
+            save_prediction(out, names[i + j], images[j], pred["final"][j, 0].numpy())
+            rows.append((str(p), names[i + j], float(pred["score"][j])))
+    return write_scores(out, rows)
 
 
 def output_names(paths: Sequence[str | Path]) -> list[str]:
@@ -83,4 +116,3 @@ def output_names(paths: Sequence[str | Path]) -> list[str]:
         taken.add(name.casefold())
         names.append(name)
     return names
-

@@ -12,9 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The torch-free reading and resizing live in vtfusion.image_io (shared with the ONNX
+# runner); they are re-exported here, where the data layer has always had them.
+from vtfusion.image_io import (  # noqa: F401
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    load_image_array,
+    open_image,
+    read_rgb,
+    resize_rgb,
+    to_rgb_array,
+    to_unit_float,
+)
 
 MASK_THRESHOLD = 128
 """Gray value from which a mask pixel is defect: masks are 0/255 (MVTec AD) and 128 splits them."""
@@ -25,54 +36,6 @@ LABEL_MASK_THRESHOLD = 1
 
 class MaskWarning(UserWarning):
     """A mask is not binary, so the threshold decides which of its pixels are defect."""
-
-
-class ImageReadError(OSError):
-    """An image or mask file could not be read or does not fit its partner."""
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-    except FileNotFoundError:
-        raise ImageReadError(f"image file not found: {path}") from None
-    except Image.DecompressionBombError as err:
-        raise ImageReadError(
-            f"image file {path} is too large to decode safely ({err}); shrink the image, or raise "
-            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
-        ) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(
-            f"cannot read image file {path}: {err}. The file may be truncated or not an image; "
-            "re-download the dataset or remove the file."
-        ) from err
-    return img
-
-
-def to_rgb_array(img: Image.Image) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB from any PIL mode (grayscale, RGBA, palette, 16-bit, float).
-
-    16-bit and 32-bit integer images are scaled to 8 bits by their type range
-    (``I;16``: /257); float images are taken to be in [0, 1]. Alpha is dropped.
-    """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr8 = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(arr8[..., None], 3, axis=2)
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        arr8 = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(arr8[..., None], 3, axis=2)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read ``path`` as ``H x W x 3`` uint8 RGB at its original size."""
-    return to_rgb_array(_open(Path(path)))
 
 
 def mask_gray(img: Image.Image) -> np.ndarray:
@@ -100,22 +63,10 @@ def read_mask(path: str | Path, threshold: int = MASK_THRESHOLD) -> np.ndarray:
     (:class:`MaskWarning`): JPEG artefacts or anti-aliased edges would otherwise all count as
     defect. Label masks (VisA: 0/1 or region ids) are read with :data:`LABEL_MASK_THRESHOLD`.
     """
-    gray = mask_gray(_open(Path(path)))
+    gray = mask_gray(open_image(Path(path)))
     if threshold == MASK_THRESHOLD:
         warn_unless_binary(gray, path)
     return gray >= threshold
-
-
-def resize_rgb(rgb: np.ndarray, size: int | None) -> np.ndarray:
-    """uint8 ``H x W x 3`` -> uint8 ``S x S x 3`` (bicubic, as OpenCLIP resizes; no crop).
-
-    The one resize of the package: :func:`image_to_tensor` and the decoded-image cache
-    (:mod:`vtfusion.cache`) both call it, so cached and freshly decoded images are equal.
-    """
-    img = Image.fromarray(rgb)
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
 
 
 def resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
@@ -128,8 +79,7 @@ def resize_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
 
 def image_to_tensor(rgb: np.ndarray, size: int | None) -> torch.Tensor:
     """uint8 ``H x W x 3`` -> float32 ``3 x S x S`` in [0, 1] (bicubic, as OpenCLIP resizes)."""
-    arr = resize_rgb(rgb, size).astype(np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(to_unit_float(resize_rgb(rgb, size))).permute(2, 0, 1).contiguous()
 
 
 def mask_to_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
@@ -138,8 +88,11 @@ def mask_to_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
 
 
 def load_image(path: str | Path, image_size: int | None = 240) -> torch.Tensor:
-    """Read any image file as a ``3 x S x S`` float RGB tensor in [0, 1]."""
-    return image_to_tensor(read_rgb(path), image_size)
+    """Read any image file as a ``3 x S x S`` float RGB tensor in [0, 1].
+
+    The pixels of :func:`vtfusion.image_io.load_image_array`, divided by 255.
+    """
+    return torch.from_numpy(to_unit_float(load_image_array(path, image_size))).permute(2, 0, 1).contiguous()
 
 
 def load_image_and_mask(

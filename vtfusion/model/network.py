@@ -200,16 +200,21 @@ class VTFusion(nn.Module):
 
     def maps_from_features(self, features: torch.Tensor, out_size: tuple[int, int],
                            exclude: torch.Tensor | None = None,
-                           tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                           tokens: torch.Tensor | None = None,
+                           text_features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """All maps from AIE features ``B x L x c x h x w`` (see the module docstring).
 
         ``exclude``: optional ``B`` shot indices, for leave-one-out vision maps during
         training (:meth:`~vtfusion.model.prototypes.PrototypeBank.distances`).
         ``tokens``: the backbone tokens the features came from (``B x L x h x w x D``);
         needed by ``final_map="mpf_knn"``, which adds the map ``knn``.
+        ``text_features``: ``F^t`` (``2 x c``) computed earlier, e.g. folded into an
+        exported graph as a constant (:mod:`vtfusion.deploy`); default :meth:`text_features`.
         """
         levels = features.shape[1]
-        out = {"text": text_map(features, self.text_features(), self.cfg.ate.logit_scale)}
+        if text_features is None:
+            text_features = self.text_features()
+        out = {"text": text_map(features, text_features, self.cfg.ate.logit_scale)}
         if self.uses_vision:
             out["vision"] = self.bank(features, exclude)
         if self.mpf is not None:
