@@ -77,3 +77,60 @@ def test_winclip_methods_run_through_reproduce(toy_root, tmp_path):
     assert by_method["winclip"]["k"] == 0 and by_method["winclip_plus"]["k"] == 1
     for name, row in by_method.items():
         assert 0 <= row["image_auroc_mean"] <= 100 and 0 <= row["pixel_auroc_mean"] <= 100, name
+
+
+def test_anomalib_compatible_options_are_validated_and_keep_old_result_keys(backbone):
+    from vtfusion.methods.winclip import (WINCLIP_ABNORMAL_STATES, WINCLIP_NORMAL_STATES, WINCLIP_TEMPLATES,
+                                          winclip_prompts)
+
+    with pytest.raises(ValueError, match="WinCLIPConfig.prompt_average"):
+        WinCLIPConfig(prompt_average="median")
+    with pytest.raises(ValueError, match="WinCLIPConfig.scale_average"):
+        WinCLIPConfig(scale_average="geometric")
+    with pytest.raises(ValueError, match="PromptConfig.preset"):
+        WinCLIPConfig(prompts="nonsense")
+    prompts = winclip_prompts("screw", "winclip")
+    assert len(prompts["normal"]) == len(WINCLIP_NORMAL_STATES) * len(WINCLIP_TEMPLATES) == 7 * 21
+    assert len(prompts["abnormal"]) == 4 * 21
+    assert "a photo of the screw with flaw for anomaly detection." in prompts["abnormal"]
+    assert all(s.count("{}") == 1 for s in WINCLIP_TEMPLATES + WINCLIP_NORMAL_STATES + WINCLIP_ABNORMAL_STATES)
+    # the options added for the anomalib check enter a method's config (its result key) only when changed
+    default = create_method("winclip_plus", quick_config(2), backbone=backbone).config()["options"]
+    assert not {"prompt_average", "scale_average", "patch_ln_post"} & set(default)
+    compat = create_method("winclip_plus", quick_config(2), backbone=backbone,
+                           options=WinCLIPConfig.anomalib_compatible()).config()["options"]
+    assert compat["prompt_average"] == "raw" and compat["scale_average"] == "harmonic" and compat["patch_ln_post"]
+
+
+def test_raw_prompt_averaging_weights_long_embeddings_more():
+    from vtfusion.methods.winclip import class_embeddings
+
+    short, long = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 3.0]])
+    prompts = [torch.cat([short, long]), torch.tensor([[1.0, 1.0]])]
+    normalised, raw = class_embeddings(prompts, "normalised"), class_embeddings(prompts, "raw")
+    assert torch.allclose(normalised[0], torch.tensor([1.0, 1.0]) / 2**0.5, atol=1e-6), "equal weights"
+    assert torch.allclose(raw[0], torch.tensor([1.0, 3.0]) / 10**0.5, atol=1e-6), "the mean of raw vectors"
+    assert torch.allclose(raw[1], normalised[1]) and torch.allclose(raw.norm(dim=-1), torch.ones(2))
+
+
+def test_harmonic_scale_average_and_ln_post_patch_memory(backbone):
+    images = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(2))
+    shots = Shots(images[:1], "toy", "chip", backbone=backbone)
+    methods = {avg: create_method("winclip_plus", quick_config(2), backbone=backbone,
+                                  options=WinCLIPConfig(scale_average=avg, patch_level=-1, patch_ln_post=True))
+               for avg in ("arithmetic", "harmonic")}
+    for m in methods.values():
+        m.fit(shots)
+    emb = methods["harmonic"]._embed(images)
+    per_scale = [harmonic_aggregate(methods["harmonic"].text_score(e), idx, backbone.grid_size)
+                 for e, idx in zip(emb, methods["harmonic"].windows())]
+    image = methods["harmonic"].text_score(backbone.encode_image(images))[:, None, None].expand(-1, *backbone.grid_size)
+    maps = torch.stack(per_scale + [image])
+    harmonic, _ = methods["harmonic"].zero_shot(images, emb[:2])
+    arithmetic, _ = methods["arithmetic"].zero_shot(images, emb[:2])
+    assert torch.allclose(harmonic, 3 / (1 / maps).sum(0), atol=1e-6) and torch.allclose(arithmetic, maps.mean(0))
+    assert (harmonic <= arithmetic + 1e-7).all() and not torch.allclose(harmonic, arithmetic)
+    # the memory's patch tokens: the last block's tokens through CLIP's ln_post
+    last = backbone(images[:1])[:, -1].flatten(1, 2)
+    expected = torch.nn.functional.normalize(backbone.clip.visual.ln_post(last), dim=-1)[0]
+    assert torch.allclose(methods["harmonic"].memory[-1], expected, atol=1e-5)
