@@ -134,3 +134,17 @@ def test_harmonic_scale_average_and_ln_post_patch_memory(backbone):
     last = backbone(images[:1])[:, -1].flatten(1, 2)
     expected = torch.nn.functional.normalize(backbone.clip.visual.ln_post(last), dim=-1)[0]
     assert torch.allclose(methods["harmonic"].memory[-1], expected, atol=1e-5)
+
+
+def test_harmonic_aggregation_of_rounding_size_distances_stays_near_zero():
+    # A test image that is a reference: its few-shot distances are 0 up to float rounding, some
+    # of them negative (bench/bench_peer_winclip_parity.py measured +-2.4e-7). A plain harmonic
+    # mean of such values can land anywhere (anomalib 2.7.0 gives up to 4/3 there); ours clamps.
+    grid = (4, 5)
+    idx = window_indices(grid, 2)
+    scores = torch.tensor([[2e-7, -2e-7, 0.0, 1e-7] * 3])
+    out = harmonic_aggregate(scores, idx, grid)
+    assert (out >= 0).all() and out.max() <= 1e-6
+    four = torch.tensor([1e-7, -1e-7, 1e-7, -1.1e-7])
+    naive = 4 / (1 / four).sum()
+    assert naive > 10 * four.abs().max(), "an unguarded harmonic mean leaves the range of its values"

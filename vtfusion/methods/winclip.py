@@ -194,7 +194,10 @@ def harmonic_aggregate(scores: torch.Tensor, windows: torch.Tensor, grid: tuple[
     """Harmonic mean, per patch, of the scores of the windows containing it (WinCLIP Sec. 4.2).
 
     ``scores``: ``B x W``; ``windows``: ``W x n`` patch indices -> ``B x h x w``. A patch no window
-    covers (a stride larger than 1) gets 0.
+    covers (a stride larger than 1) gets 0. Scores are clamped at ``eps`` first: the few-shot
+    distances of a window identical to a reference are 0 up to float rounding, some negative,
+    and the unclamped harmonic mean of such values can leave [0, 1] (anomalib 2.7.0 returns
+    up to 4/3 there; ``bench/bench_peer_winclip_parity.py``).
     """
     h, w = grid
     b = scores.shape[0]
