@@ -25,6 +25,9 @@ host memory is its own):
     the same model without the adapter: exactly what anomalib 2.7.0 computes when
     open_clip is 3.3.0 (opt-in via ``--methods``).
 
+Whether the two compute the same maps (same weights, same images, component by component)
+is checked apart, by ``bench/bench_peer_winclip_parity.py``, which reuses the adapter below.
+
 **Weights are random on both sides.** Pretrained CLIP weights cannot be downloaded here,
 and speed does not depend on them. anomalib builds its CLIP with
 ``open_clip.create_model_and_transforms(BACKBONE, pretrained=PRETRAINED)`` where
