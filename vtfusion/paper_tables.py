@@ -37,8 +37,8 @@ from typing import Any
 from vtfusion.paths import paper_tables_dir
 
 __all__ = [
-    "PaperCell", "PaperCellNotFound", "load_paper_cells", "paper_cells", "paper_value", "table_caption",
-    "table_info", "normalize_table", "paper_dir",
+    "PaperCell", "PaperCellNotFound", "finegrainedad_reported", "load_paper_cells", "paper_cells", "paper_value",
+    "table_caption", "table_info", "normalize_table", "paper_dir",
 ]
 
 TABLE_IDS = ("I", "II", "III", "IV")
@@ -273,3 +273,30 @@ def paper_value(table: Any, method_key: str, dataset: str, level: str, k: int | 
         shots = ", ".join(str(o) for o in _options(cells, "k"))
         raise ValueError(f"{where} matches {len(cells)} cells; pass k= one of {shots}")
     return cells[0].value
+
+
+# ---------------------------------------------------------------------------------------
+# Another paper's own numbers: FineGrainedAD (vtfusion/resources/finegrainedad)
+# ---------------------------------------------------------------------------------------
+def finegrainedad_reported(dataset: str, level: str, k: int | None = None) -> float:
+    """A value the **FineGrainedAD paper reports for itself** (not a VTFusion-paper cell).
+
+    ``dataset``: ``mvtec`` or ``visa`` (aliases as :func:`paper_value`); ``level``:
+    ``image`` or ``pixel`` (AUROC in %, ``k`` in 1, 2, 4), or ``inference`` (ms per image,
+    no ``k``)::
+
+        >>> finegrainedad_reported("mvtec", "pixel", k=2)
+        96.08
+        >>> finegrainedad_reported("any", "inference")
+        23.3
+    """
+    path = paper_dir().parent / "finegrainedad" / "reported.csv"
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    ds = dataset if dataset == "any" else _normalize("dataset", dataset, _DATASET_ALIASES)
+    lv = level if level == "inference" else _normalize("level", level, _LEVEL_ALIASES)
+    for row in rows:
+        if row["dataset"] == ds and row["level"] == lv and (row["k"] == "" or int(row["k"]) == k):
+            return float(row["value"])
+    raise PaperCellNotFound(f"{path.name} has no FineGrainedAD value for dataset={dataset!r} level={level!r} k={k!r}; "
+                            f"it has mvtec/visa x image/pixel x k=1,2,4 and the inference time")

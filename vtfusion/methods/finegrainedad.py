@@ -93,6 +93,7 @@ class FineGrainedADMethod(AnomalyMethod):
         if saved["options"] != dataclasses.asdict(self.options):
             raise ValueError(f"{path} was fitted with other FineGrainedAD options")
         self.model = self._build(saved["dataset"], saved["category"])
+        self.model.memory = torch.empty_like(saved["state"]["memory"])  # its size is the shots' token count
         self.model.load_state_dict(saved["state"])
         self.context = context or FitContext()
         return saved["record"]
