@@ -27,6 +27,7 @@ from vtfusion.data import load_dataset
 from vtfusion.data.registry import storage_name
 from vtfusion.data.shots import shot_list_for
 from vtfusion.io import atomic_write_json, file_lock
+from vtfusion.methods import create_method
 from vtfusion.methods.base import AnomalyMethod, FitContext, Shots
 from vtfusion.methods.vtfusion_method import VTFusionMethod
 from vtfusion.model.network import VTFusion
@@ -145,3 +146,18 @@ def train_or_load(cfg: ExperimentConfig, dataset: str, category: str, k: int, se
 
 def _with_seed(cfg: ExperimentConfig, seed: int):
     return dataclasses.replace(cfg.train, seed=seed)
+
+
+def fitted_method(name: str, cfg: ExperimentConfig, dataset: str, category: str, k: int, seed: int,
+                  options=None, backbone=None, root: str | Path | None = None,
+                  data_root: str | Path | None = None) -> tuple[AnomalyMethod, dict]:
+    """A registered method fitted on a cell's shots, its saved fit reused (:func:`fit_or_load`).
+
+    The cell's seed goes into ``cfg.train.seed`` as :func:`vtfusion.evaluate.run_method` does,
+    so a fit made by ``run_method`` (or ``vtfusion reproduce``) for the same cell is loaded.
+    Returns ``(method, info)``.
+    """
+    method = create_method(name, cfg.replace(train=_with_seed(cfg, seed)), backbone=backbone, options=options)
+    if not method.uses_shots:
+        k, seed = 0, 0
+    return method, fit_or_load(method, dataset, category, k, seed, root, data_root)

@@ -70,6 +70,17 @@ class CategoryCaptions:
         """``"<background> background"`` (None for a texture without background)."""
         return None if self.background is None else f"{self.background} background"
 
+    def describe(self) -> str:
+        """The three levels as indented text."""
+        lines = [f"level 1, object:    {self.caption}  (object phrase: '{self.object}')",
+                 f"          background: {self.background_phrase or 'none (a texture fills the image)'}"]
+        for c in self.components:
+            lines.append(f"level 2, component '{c.name}': {c.caption}")
+            lines.append(f"level 3, region:    colour {', '.join(c.color)}; texture {', '.join(c.texture)}; "
+                         f"shape {', '.join(c.shape)}")
+        lines.append(f"defect states: {'; '.join(self.defects)}")
+        return "\n".join(lines)
+
 
 def captions_dir() -> Path:
     """``vtfusion/resources/captions`` (package data)."""

@@ -28,7 +28,7 @@ from vtfusion.methods.registry import register_method
 from vtfusion.model.finegrained import FineGrainedAD, FineGrainedADConfig
 from vtfusion.train import resolve_device
 
-STATE_FORMAT = "vtfusion-finegrainedad/1"
+STATE_FORMAT = "vtfusion-finegrainedad/2"
 
 
 def captions_digest() -> str:

@@ -250,11 +250,26 @@ class MultiLevelPrompts(nn.Module):
         self.register_buffer("concat_set", torch.tensor([s for _, _, s in concat]), persistent=False)
         self.register_buffer("unit", torch.tensor(plain_unit + [i for i, _, _ in concat]), persistent=False)
         self.register_buffer("kind", torch.tensor(plain_kind + [CONCATENATED] * len(concat)), persistent=False)
-        self.texts = plain + [" ".join(["[V]"] * n + ["[A]"] * m + [t]) for _, t, _ in concat]
+        self.texts = plain + [" ".join(["[V]"] * n + [f"[A{s}]"] * m + [t]) for _, t, s in concat]
 
     @property
     def n_units(self) -> int:
         return len(self.units)
+
+    def describe(self, per_kind: int = 2) -> str:
+        """A few prompts of each unit and kind, as text (``[V]``: a learnable normal token,
+        ``[As]``: a learnable abnormal token of set ``s``)."""
+        names = {NORMAL: "normal", REPLACED: "replaced", CONCATENATED: "concatenated"}
+        lines = []
+        for u, unit in enumerate(self.units):
+            lines.append(f"{unit.level} '{unit.name}':")
+            for kind, name in names.items():
+                rows = [i for i in range(len(self.texts)) if self.unit[i] == u and self.kind[i] == kind]
+                shown = [self.texts[i] if kind == CONCATENATED else "[V] " * self.normal_ctx.shape[0] + self.texts[i]
+                         for i in rows[:per_kind]]
+                lines += [f"  {name:12s} {t}" for t in shown] + ([f"  {'':12s} ... {len(rows)} in all"]
+                                                                 if len(rows) > per_kind else [])
+        return "\n".join(lines)
 
     def forward(self) -> torch.Tensor:
         """``P x E`` L2-normalised embeddings of every prompt (Eq. FG-1)."""
@@ -507,10 +522,15 @@ class FitRecord:
 
     history: list[dict[str, float]] = field(default_factory=list)
     matched: list[int] = field(default_factory=list)
+    regions: list[list[int]] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"history": self.history, "matched_regions": self.matched, "seconds": self.seconds}
+        """JSON-ready: ``history`` (loss parts per step), ``matched_regions`` (per unit, -1: all
+        tokens), ``regions`` (``k x N`` region of each shot token), ``units`` (their names)."""
+        return {"history": self.history, "matched_regions": self.matched, "regions": self.regions,
+                "units": self.units, "seconds": self.seconds}
 
 
 class FineGrainedAD(nn.Module):
@@ -562,7 +582,8 @@ class FineGrainedAD(nn.Module):
         params = [self.prompts.normal_ctx, self.prompts.abnormal_ctx]
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
-        record = FitRecord(matched=regions.matched.tolist())
+        record = FitRecord(matched=regions.matched.tolist(), regions=regions.labels.tolist(),
+                           units=[u.name for u in self.prompts.units])
         regions.weights = regions.weights.to(device)
         for step in range(cfg.epochs):
             opt.zero_grad()
