@@ -174,3 +174,21 @@ def test_finegrainedad_runs_through_reproduce_with_provenance(toy_root, tmp_path
     (again,) = reproduce("table1", quick_config(2), "toy", methods=("finegrainedad",), **kwargs)
     redone = json.loads(cell_file.read_text())
     assert redone["model_loaded_from_cache"] and redone["metrics"] == cell["metrics"]
+    from vtfusion.runs import fitted_method
+
+    method, info = fitted_method("finegrainedad", quick_config(2), "toy", "washer", 1, 0, root=tmp_path / "runs")
+    assert info["loaded"] and info["units"][0] == "object" and len(info["regions"]) == 1, "the same saved fit"
+
+
+def test_reported_values_are_labelled_as_the_finegrainedad_papers():
+    from vtfusion.paper_tables import PaperCellNotFound, finegrainedad_reported, paper_value
+
+    table = {("mvtec", "image"): (91.04, 93.66, 94.51), ("mvtec", "pixel"): (95.49, 96.08, 96.71),
+             ("visa", "image"): (84.16, 86.16, 86.95), ("visa", "pixel"): (96.42, 96.97, 97.54)}
+    for (dataset, level), values in table.items():
+        assert [finegrainedad_reported(dataset, level, k) for k in (1, 2, 4)] == list(values)
+    assert finegrainedad_reported("any", "inference") == 23.3
+    with pytest.raises(PaperCellNotFound, match="k=8"):
+        finegrainedad_reported("mvtec", "image", 8)
+    with pytest.raises(PaperCellNotFound):
+        paper_value("I", "finegrainedad", "mvtec", "image", k=2)  # not a row of the VTFusion paper
