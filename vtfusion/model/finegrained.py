@@ -565,8 +565,10 @@ class FineGrainedAD(nn.Module):
 
     def fit(self, tokens: torch.Tensor, progress: bool = False) -> FitRecord:
         """Build the VAD memory and train the prompts on the k shots' tokens (``k x L x h x w x D``):
-        Eq. (FG-2) once with the initial prompts, then ``cfg.epochs`` SGD steps on
-        :func:`multilevel_loss`; the last iterate is kept."""
+        Eq. (FG-2) once with the initial prompts (as the code, which aggregates regions at its
+        first step), then ``cfg.epochs`` full-batch SGD steps on :func:`multilevel_loss`; the
+        last iterate is kept. ``progress`` is accepted for the method interface and unused
+        (the steps take seconds on the quick profile)."""
         import time  # local: only the fit is timed
 
         start = time.perf_counter()
