@@ -142,8 +142,9 @@ def test_learnable_prompts_get_gradients_while_clip_stays_frozen(backbone):
     assert model.prompts.normal_ctx.grad.abs().sum() > 0 and model.prompts.abnormal_ctx.grad.abs().sum() > 0
     assert all(p.grad is None for p in backbone.parameters())
     ctx = model.prompts.normal_ctx.detach().clone()
-    record = model.fit(shots)
+    record = model.fit(shots, monitor=lambda m: {"units": float(m.class_embeddings.shape[0])}, monitor_every=2)
     assert len(record.history) == 3 and not torch.equal(ctx, model.prompts.normal_ctx.detach()), "the prompts moved"
+    assert record.monitor == [{"step": 2, "units": 5.0}], "watched every 2 steps, with the current prompts"
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items()), "CLIP is unchanged"
     assert "prompts.normal_ctx" in model.state_dict() and not any(k.startswith("backbone") for k in model.state_dict())
     out = model.forward_tokens(backbone(torch.rand(1, 3, 240, 240)))

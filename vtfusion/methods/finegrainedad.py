@@ -77,7 +77,11 @@ class FineGrainedADMethod(AnomalyMethod):
 
     def fit_shots(self, shots: Shots) -> dict[str, Any]:
         self.model = self._build(shots.dataset, shots.category)
-        record = self.model.fit(shots.tokens, progress=self.context.progress)
+        watch = None
+        if self.context.monitor is not None:  # the caller's monitor scores this method, not the bare network
+            def watch(_network: FineGrainedAD) -> dict:
+                return self.context.monitor(self)
+        record = self.model.fit(shots.tokens, progress=self.context.progress, monitor=watch)
         return record.to_dict()
 
     def save(self, path: Path, record: dict[str, Any]) -> None:

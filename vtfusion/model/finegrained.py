@@ -524,13 +524,14 @@ class FitRecord:
     matched: list[int] = field(default_factory=list)
     regions: list[list[int]] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
+    monitor: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``history`` (loss parts per step), ``matched_regions`` (per unit, -1: all
         tokens), ``regions`` (``k x N`` region of each shot token), ``units`` (their names)."""
         return {"history": self.history, "matched_regions": self.matched, "regions": self.regions,
-                "units": self.units, "seconds": self.seconds}
+                "units": self.units, "monitor": self.monitor, "seconds": self.seconds}
 
 
 class FineGrainedAD(nn.Module):
@@ -563,12 +564,13 @@ class FineGrainedAD(nn.Module):
         """``B x L x h x w x D`` -> ``B x N x E``: one level, CLIP's projection, normalised."""
         return F.normalize(self.backbone.project_tokens(tokens[:, level].flatten(1, 2)).float(), dim=-1)
 
-    def fit(self, tokens: torch.Tensor, progress: bool = False) -> FitRecord:
+    def fit(self, tokens: torch.Tensor, progress: bool = False, monitor=None, monitor_every: int = 10) -> FitRecord:
         """Build the VAD memory and train the prompts on the k shots' tokens (``k x L x h x w x D``):
         Eq. (FG-2) once with the initial prompts (as the code, which aggregates regions at its
         first step), then ``cfg.epochs`` full-batch SGD steps on :func:`multilevel_loss`; the
         last iterate is kept. ``progress`` is accepted for the method interface and unused
-        (the steps take seconds on the quick profile)."""
+        (the steps take seconds on the quick profile). ``monitor(model) -> dict``, when given,
+        is called every ``monitor_every`` steps (validation numbers, never a choice of step)."""
         import time  # local: only the fit is timed
 
         start = time.perf_counter()
@@ -594,6 +596,9 @@ class FineGrainedAD(nn.Module):
             opt.step()
             sched.step()
             record.history.append({"step": step, **{k: float(v.detach()) for k, v in parts.items()}})
+            if monitor is not None and (step + 1) % monitor_every == 0:
+                self.update_class_embeddings()
+                record.monitor.append({"step": step + 1, **monitor(self)})
         self.update_class_embeddings()
         record.seconds = time.perf_counter() - start
         return record
