@@ -85,10 +85,19 @@ def test_dpc_knn_separates_two_blobs_and_regions_are_matched_to_their_prompts():
     reg = aggregate_regions(F.normalize(tokens, dim=-1), prompts, units, cfg)
     assert (reg.labels[0, which == 4] == 3).all(), "the background cluster is the one nearest the background prompt"
     for u in (1, 2, 3):  # each component prompt is matched to the region of its own tokens
-        assert (reg.labels[0, which == u] == reg.matched[u]).all()
+        assert (reg.labels[0, which == u] == reg.matched[0, u]).all()
         assert (reg.weights[u, 0, which == u] == 1 + cfg.region_boost).all()
         assert (reg.weights[u, 0, which != u] == 1).all()
-    assert reg.matched[0] == -1 and (reg.weights[0] == 1).all(), "the object unit weighs every token alike"
+    assert reg.matched[0, 0] == -1 and (reg.weights[0] == 1).all(), "the object unit weighs every token alike"
+    # two shots whose clusters come out numbered differently are matched shot by shot
+    swapped = torch.cat([tokens, tokens[:, torch.randperm(25, generator=gen)]])
+    two = aggregate_regions(F.normalize(swapped, dim=-1), prompts, units, FineGrainedADConfig(cluster_k=(3, 3),
+                                                                                             matching="hungarian"))
+    for s in range(2):
+        assert sorted(two.matched[s, 1:4].tolist()) == [0, 1, 2], "hungarian: one region per component"
+        for u in (1, 2, 3):
+            mine = two.labels[s] == two.matched[s, u]
+            assert (two.weights[u, s, mine] == 1 + cfg.region_boost).all() and mine.sum() == (which == u).sum()
 
 
 # -- the captions -------------------------------------------------------------------------

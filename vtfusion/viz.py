@@ -325,15 +325,15 @@ def training_curves(info: dict, title: str = "", window: int = 10):
 
 # --- FineGrainedAD: the regions its prompts are aligned to ---------------------------------
 
-def region_figure(images: Sequence, regions: Sequence, units: Sequence[str], matched: Sequence[int],
+def region_figure(images: Sequence, regions: Sequence, units: Sequence[str], matched: Sequence[Sequence[int]],
                   grid: tuple[int, int], size: float = 2.6):
     """Static figure of FineGrainedAD's language-guided region aggregation (Eq. FG-2).
 
     ``images``: the k shots (``3 x H x W``); ``regions``: per shot the ``h * w`` region of each
     token (``0..C-1`` foreground regions, ``C`` the background); ``units`` and ``matched``: the
-    prompt units and the region each is aligned to (-1: every token, the object unit).
-    One column per shot: the image, then its regions in colour, each labelled with the
-    component prompt matched to it.
+    prompt units and, per shot, the region each is aligned to (-1: every token, the object
+    unit). One column per shot: the image, then its regions in colour, titled with the
+    component prompt matched to each region.
     """
     import matplotlib.pyplot as plt  # local: matplotlib is slow to import
     from matplotlib.patches import Patch  # local: as above
@@ -341,8 +341,7 @@ def region_figure(images: Sequence, regions: Sequence, units: Sequence[str], mat
     labels = torch.as_tensor(regions).reshape(len(images), *grid)
     n_regions = int(labels.max()) + 1
     colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
-    names = {r: [u for u, m in zip(units, matched) if m == r] for r in range(n_regions)}
-    fig, axes = plt.subplots(2, len(images), figsize=(size * len(images), 2 * size), squeeze=False)
+    fig, axes = plt.subplots(2, len(images), figsize=(size * len(images), 2 * size + 0.4), squeeze=False)
     for i, image in enumerate(images):
         img = to_numpy_image(image)
         axes[0, i].imshow(img)
@@ -351,10 +350,11 @@ def region_figure(images: Sequence, regions: Sequence, units: Sequence[str], mat
         up = torch.nn.functional.interpolate(torch.as_tensor(colour).permute(2, 0, 1)[None].float(),
                                              size=img.shape[:2], mode="nearest")[0].permute(1, 2, 0).numpy()
         axes[1, i].imshow(0.45 * img + 0.55 * up)
+        pairs = [f"{u} -> {m}" for u, m in zip(units, matched[i]) if m >= 0]
+        axes[1, i].set_title("\n".join(wrap_titles(["; ".join(pairs)], width=34)), fontsize=7)
         for ax in axes[:, i]:
             ax.axis("off")
-    legend = [Patch(color=colours[r % 10], label=f"region {r}: " + (", ".join(names[r]) or "no prompt"))
-              for r in range(n_regions)]
-    fig.legend(handles=legend, loc="lower center", ncol=min(3, n_regions), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    legend = [Patch(color=colours[r % 10], label=f"region {r}") for r in range(n_regions)]
+    fig.legend(handles=legend, loc="lower center", ncol=min(5, n_regions), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

@@ -28,7 +28,9 @@ from vtfusion.methods.registry import register_method
 from vtfusion.model.finegrained import FineGrainedAD, FineGrainedADConfig
 from vtfusion.train import resolve_device
 
-STATE_FORMAT = "vtfusion-finegrainedad/2"
+STATE_FORMAT = "vtfusion-finegrainedad/3"
+#: bumped when the fitted prompts of the same options would change: part of the result and run keys
+IMPLEMENTATION = 2
 
 
 def captions_digest() -> str:
@@ -60,8 +62,9 @@ class FineGrainedADMethod(AnomalyMethod):
 
     def config(self) -> dict[str, Any]:
         """The backbone, image size, evaluation options, :class:`FineGrainedADConfig`, the
-        cell's seed (it seeds the prompts) and the captions' digest."""
-        return {**super().config(), "seed": self.cfg.train.seed, "captions": captions_digest()}
+        cell's seed (it seeds the prompts), the captions' digest and :data:`IMPLEMENTATION`."""
+        return {**super().config(), "seed": self.cfg.train.seed, "captions": captions_digest(),
+                "implementation": IMPLEMENTATION}
 
     def fit_config(self) -> dict[str, Any]:
         """What determines the trained prompts: :meth:`config` without the evaluation options."""

@@ -327,13 +327,26 @@ class RegionAssignment:
     Attributes:
         labels: ``k x N`` region of every shot token (``0..C-1`` foreground regions,
             ``C`` the background).
-        matched: ``U`` the region each unit is aligned to (-1: all tokens, the object unit).
+        matched: ``k x U`` the region each unit is aligned to in each shot (-1: all tokens,
+            the object unit).
         weights: ``U x k x N`` the token weights of the alignment losses.
     """
 
     labels: torch.Tensor
     matched: torch.Tensor
     weights: torch.Tensor
+
+
+def _match(sim: torch.Tensor, how: str) -> torch.Tensor:
+    """Region of each component from its ``C x R`` similarities: ``argmax`` or ``hungarian``."""
+    if how == "argmax":
+        return sim.argmax(-1)
+    from scipy.optimize import linear_sum_assignment  # local: scipy is needed only for this option
+
+    rows, cols = linear_sum_assignment(-sim.detach().cpu().numpy())
+    out = sim.argmax(-1)  # a component left without a region (more components than regions) keeps its best
+    out[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
+    return out
 
 
 def aggregate_regions(tokens: torch.Tensor, unit_normal: torch.Tensor, units: list[PromptUnit],
@@ -345,8 +358,10 @@ def aggregate_regions(tokens: torch.Tensor, unit_normal: torch.Tensor, units: li
     component and background prompts (the language-guided space); per shot, DPC-kNN
     (:func:`dpc_knn`) splits the tokens into foreground and background (the cluster more
     similar to the background prompt is the background), then the foreground into one
-    region per component. Each component prompt is matched to the foreground region whose
-    mean token is most similar to it (``cfg.matching``), the background prompt to the
+    region per component. In each shot, each component prompt is matched to the foreground
+    region whose mean token is most similar to it (``cfg.matching``; per shot because the
+    clusters of two shots are not numbered alike; the published code matches on its first
+    shot's regions and applies the indices to every shot), the background prompt to the
     background; a matched token weighs ``1 + cfg.region_boost``, any other 1.
     """
     k, n, _ = tokens.shape
@@ -366,26 +381,18 @@ def aggregate_regions(tokens: torch.Tensor, unit_normal: torch.Tensor, units: li
             if not fg.any():
                 fg = torch.ones(n, dtype=torch.bool)
         labels[s, fg] = dpc_knn(space[fg], n_comp, cfg.cluster_k[1])
-    flat_tokens, flat_labels = tokens.reshape(k * n, -1), labels.flatten()
-    means = torch.stack([flat_tokens[flat_labels == r].mean(0) if (flat_labels == r).any()
-                         else flat_tokens.new_zeros(flat_tokens.shape[1]) for r in range(n_comp)])
-    sim = unit_normal[comp_idx] @ F.normalize(means, dim=-1).T  # C x C (components x regions)
-    if cfg.matching == "hungarian":
-        from scipy.optimize import linear_sum_assignment  # local: scipy is needed only for this option
-
-        rows, cols = linear_sum_assignment(-sim.detach().cpu().numpy())
-        comp_region = torch.empty(n_comp, dtype=torch.long)
-        comp_region[torch.as_tensor(rows)] = torch.as_tensor(cols, dtype=torch.long)
-    else:
-        comp_region = sim.argmax(-1)
-    matched = torch.full((len(units),), -1, dtype=torch.long)
-    matched[comp_idx] = comp_region
-    if bg_idx:
-        matched[bg_idx] = n_comp
+    matched = torch.full((k, len(units)), -1, dtype=torch.long)
     weights = torch.ones(len(units), k, n)
-    for u in range(len(units)):
-        if matched[u] >= 0:
-            weights[u] += cfg.region_boost * (labels == matched[u]).float()
+    for s in range(k):  # clusters are found per shot, so region r of two shots need not be one part
+        means = torch.stack([tokens[s, labels[s] == r].mean(0) if (labels[s] == r).any()
+                             else tokens.new_zeros(tokens.shape[-1]) for r in range(n_comp)])
+        sim = unit_normal[comp_idx] @ F.normalize(means, dim=-1).T  # C x C (components x regions)
+        matched[s, comp_idx] = _match(sim, cfg.matching)
+        if bg_idx:
+            matched[s, bg_idx] = n_comp
+        for u in range(len(units)):
+            if matched[s, u] >= 0:
+                weights[u, s] += cfg.region_boost * (labels[s] == matched[s, u]).float()
     return RegionAssignment(labels, matched, weights)
 
 
@@ -521,15 +528,16 @@ class FitRecord:
     """What a fit recorded: the loss parts per step, the regions found, the seconds."""
 
     history: list[dict[str, float]] = field(default_factory=list)
-    matched: list[int] = field(default_factory=list)
+    matched: list[list[int]] = field(default_factory=list)
     regions: list[list[int]] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
     monitor: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``history`` (loss parts per step), ``matched_regions`` (per unit, -1: all
-        tokens), ``regions`` (``k x N`` region of each shot token), ``units`` (their names)."""
+        """JSON-ready: ``history`` (loss parts per step), ``matched_regions`` (per shot and unit,
+        -1: all tokens), ``regions`` (``k x N`` region of each shot token), ``units`` (their
+        names), ``monitor`` (the validation numbers, when watched)."""
         return {"history": self.history, "matched_regions": self.matched, "regions": self.regions,
                 "units": self.units, "monitor": self.monitor, "seconds": self.seconds}
 
