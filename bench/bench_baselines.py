@@ -113,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         get_method(m)  # unknown names fail before any work
     torch.set_num_threads(args.threads)
     base = get_profile("quick")
+    # train.device stays the profile's (auto): the training hash then equals bench_recipe.py's
+    # project row, so `--runs runs/bench/recipe/runs` reuses its trained models
     base = base.replace(backbone=BACKBONES[args.backbone],
-                        train=dataclasses.replace(base.train, iterations=args.iterations, device="cpu"))
+                        train=dataclasses.replace(base.train, iterations=args.iterations))
     cfg = apply_recipe(base, "project")
     backbone = build_backbone(cfg.backbone, seed=0)
     categories = tuple(dataset_categories("toy"))
