@@ -119,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--datasets real_ad: {real_ad_root()} is missing; drop real_ad or set $VTFUSION_REAL_AD")
     torch.set_num_threads(args.threads)
     base = get_profile("quick")
+    # train.device stays the profile's (auto), as in bench_recipe.py and bench_baselines.py:
+    # the same training hash, so `--runs runs/bench/recipe/runs` reuses their VTFusion runs
     base = base.replace(backbone=BACKBONES[args.backbone],
-                        train=dataclasses.replace(base.train, iterations=args.iterations, device="cpu"))
+                        train=dataclasses.replace(base.train, iterations=args.iterations))
     cfg = apply_recipe(base, "project")
     backbone = build_backbone(cfg.backbone, seed=0)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
