@@ -86,7 +86,6 @@ class WinCLIPConfig:
         stride: window stride in patches (the paper: 1).
         image_scale: add the whole image as a scale (the paper does).
         temperature: the softmax temperature of the text score (CLIP's trained logit scale, 100).
-        prompts: which prompt ensemble (:class:`vtfusion.prompts.PromptConfig` preset).
         prompts: which prompt ensemble: a :class:`vtfusion.prompts.PromptConfig` preset
             (``ensemble``, ``paper``) or ``winclip`` (:data:`WINCLIP_NORMAL_STATES`,
             :data:`WINCLIP_ABNORMAL_STATES` x :data:`WINCLIP_TEMPLATES`).
