@@ -306,6 +306,8 @@ def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, 
         "shots": info.get("shots"),
         "train_seconds": None if info.get("loaded") else info.get("seconds"),
         "model_loaded_from_cache": bool(info.get("loaded")),
+        # what the fit took when the run was made (also when it is read back now)
+        "recorded_train_seconds": info.get("seconds"),
         "eval_seconds": time.perf_counter() - t_eval,
         "eval_stage_seconds": stages,
         "eval_cache": settings_dict(cache),
