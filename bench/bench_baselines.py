@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment  # noqa: E402
+from benchutil import cell_costs, environment  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
@@ -75,14 +75,7 @@ def run_row(method: str, cfg, shots: tuple[int, ...], seeds: tuple[int, ...], ca
         out.append({"row": method, "backbone": cfg.backbone.arch, "weights": cfg.backbone.weights, "k": k,
                     **summarize(subset),
                     "seconds_per_image": _mean([c.get("predict_seconds_per_image") or 0.0 for c in costs]),
-                    # a run read back costs no fit now: report what its training took when made
-                    "fit_seconds": _mean([c.get("fit_seconds") or r.get("recorded_train_seconds") or 0.0
-                                          for c, r in zip(costs, subset)]),
-                    # the whole cell; a run read back adds the training it recorded when made
-                    "category_seconds": _mean([(r.get("wall_seconds") or 0.0)
-                                               + ((r.get("recorded_train_seconds") or 0.0)
-                                                  if r.get("model_loaded_from_cache") else 0.0)
-                                               for r in subset])})
+                    **cell_costs(subset)})
     return out
 
 

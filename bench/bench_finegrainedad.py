@@ -15,7 +15,7 @@ Rows are grouped by dataset (``parts``, as :func:`vtfusion.viz.bench_table` read
 row (method, dataset, k) records the metrics (mean +- std over seeds of the category
 means, %), ``seconds_per_image`` (the method's own prediction per test image; the backbone's
 tokens come from the token cache), ``fit_seconds`` (per category: training or building the
-memory; 0 for a cell read back from an earlier run), ``category_seconds`` (the whole cell)
+memory; a run read back is charged the training it recorded), ``category_seconds`` (the whole cell)
 and ``host_peak_mb`` (peak resident memory of the process while that method's cells ran:
 ``VmHWM`` reset before each method where the kernel allows it, else the lifetime peak).
 Writes ``runs/bench/finegrainedad.json``; ``--commit-dir NAME`` also copies it to
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import PeakMemory, environment  # noqa: E402
+from benchutil import PeakMemory, cell_costs, environment  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
@@ -81,8 +81,7 @@ def summaries(method: str, dataset: str, cells: list[dict], shots: tuple[int, ..
         rows.append({"row": method, "dataset": dataset, "backbone": cfg.backbone.arch,
                      "weights": cfg.backbone.weights, "k": k, **summarize(subset),
                      "seconds_per_image": _mean([c.get("predict_seconds_per_image") or 0.0 for c in costs]),
-                     "fit_seconds": _mean([c.get("fit_seconds") or 0.0 for c in costs]),
-                     "category_seconds": _mean([r.get("wall_seconds") or 0.0 for r in subset]),
+                     **cell_costs(subset),
                      "host_peak_mb": peak.get("host_peak_mb"), "host_how": peak.get("host_how"),
                      "read_back_cells": sum(bool(r.get("skipped")) for r in subset)})
     return rows
