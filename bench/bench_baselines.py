@@ -22,7 +22,6 @@ also copies it to ``bench/results/<date>-<machine>/baselines.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import sys
@@ -32,17 +31,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import cell_costs, environment  # noqa: E402
+from benchutil import cell_costs, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
-from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.methods import get_method  # noqa: E402
 from vtfusion.paths import PROJECT_ROOT  # noqa: E402
-from vtfusion.recipes import apply_recipe  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -112,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         get_method(m)  # unknown names fail before any work
     torch.set_num_threads(args.threads)
-    base = get_profile("quick")
-    # train.device stays the profile's (auto): the training hash then equals bench_recipe.py's
-    # project row, so `--runs runs/bench/recipe/runs` reuses its trained models
-    base = base.replace(backbone=BACKBONES[args.backbone],
-                        train=dataclasses.replace(base.train, iterations=args.iterations))
-    cfg = apply_recipe(base, "project")
+    cfg = quick_config(BACKBONES[args.backbone], args.iterations, "project")  # bench_recipe's runs fit
     backbone = build_backbone(cfg.backbone, seed=0)
     categories = tuple(dataset_categories("toy"))
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),

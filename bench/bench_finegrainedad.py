@@ -25,7 +25,6 @@ Writes ``runs/bench/finegrainedad.json``; ``--commit-dir NAME`` also copies it t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import sys
 import time
@@ -34,17 +33,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import PeakMemory, cell_costs, environment  # noqa: E402
+from benchutil import PeakMemory, cell_costs, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
-from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.methods import get_method  # noqa: E402
 from vtfusion.paths import PROJECT_ROOT, real_ad_root  # noqa: E402
-from vtfusion.recipes import apply_recipe  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -117,12 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if "real_ad" in args.datasets and not real_ad_root().is_dir():
         p.error(f"--datasets real_ad: {real_ad_root()} is missing; drop real_ad or set $VTFUSION_REAL_AD")
     torch.set_num_threads(args.threads)
-    base = get_profile("quick")
-    # train.device stays the profile's (auto), as in bench_recipe.py and bench_baselines.py:
-    # the same training hash, so `--runs runs/bench/recipe/runs` reuses their VTFusion runs
-    base = base.replace(backbone=BACKBONES[args.backbone],
-                        train=dataclasses.replace(base.train, iterations=args.iterations))
-    cfg = apply_recipe(base, "project")
+    cfg = quick_config(BACKBONES[args.backbone], args.iterations, "project")  # bench_recipe's runs fit
     backbone = build_backbone(cfg.backbone, seed=0)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
               "backbone": args.backbone, "datasets": args.datasets, "shots": args.shots, "seeds": args.seeds,

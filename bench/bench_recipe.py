@@ -29,12 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import Row, environment, grid_table, run_grid  # noqa: E402
+from benchutil import Row, environment, grid_table, quick_config, run_grid  # noqa: E402
 
-from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
-from vtfusion.recipes import apply_recipe  # noqa: E402
 
 BACKBONES = {
     "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
@@ -49,9 +48,7 @@ def backbone_config(name: str) -> BackboneConfig:
 
 
 def configs(backbone: BackboneConfig, iterations: int):
-    base = get_profile("quick")
-    base = base.replace(backbone=backbone, train=dataclasses.replace(base.train, iterations=iterations))
-    return apply_recipe(base, "paper"), apply_recipe(base, "project")
+    return quick_config(backbone, iterations, "paper"), quick_config(backbone, iterations, "project")
 
 
 RECIPE_ROWS = ("patch_knn", "paper", "project")

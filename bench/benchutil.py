@@ -228,3 +228,18 @@ def cell_costs(cells: list[dict]) -> dict[str, float]:
 
     n = max(len(cells), 1)
     return {"fit_seconds": sum(map(fit, cells)) / n, "category_seconds": sum(map(cell, cells)) / n}
+
+
+def quick_config(backbone, iterations: int, recipe: str) -> ExperimentConfig:
+    """The quick profile on ``backbone`` (a :class:`~vtfusion.backbone.BackboneConfig`) with
+    ``iterations`` training steps and a named recipe (``paper`` or ``project``).
+
+    The one place the toy benchmarks build VTFusion's config: equal configs have equal
+    training hashes, so ``bench_recipe``, ``bench_baselines`` and ``bench_finegrainedad``
+    share their trained runs through ``--runs``.
+    """
+    from vtfusion.recipes import apply_recipe
+
+    base = get_profile("quick")
+    base = base.replace(backbone=backbone, train=dataclasses.replace(base.train, iterations=iterations))
+    return apply_recipe(base, recipe)
