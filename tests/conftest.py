@@ -38,3 +38,16 @@ def backbone():
     from vtfusion.backbone import build_backbone
 
     return build_backbone(TINY)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rngs():
+    """Seed torch, numpy and random before each test, so no test depends on the order it runs in."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
