@@ -1,4 +1,4 @@
-"""The baselines every few-shot method must beat, beside VTFusion, on the toy test split.
+"""The baselines every few-shot method must beat, beside VTFusion, on a dataset's test split.
 
 Every registered baseline (``zero_shot``, ``winclip``, ``winclip_plus``, ``patch_knn``) and
 VTFusion with the project's recipe, through :func:`vtfusion.evaluate.run_method` (cached,
@@ -6,8 +6,13 @@ resumable; the same shot lists and metrics for all), for k = ``--shots`` and sho
 ``--seeds``, on one backbone (``--backbone``). Methods without shots (``zero_shot``,
 ``winclip``) run once per category (``k = 0``) and are repeated on each k's row.
 
-    .venv/bin/python bench/bench_baselines.py --backbone tiny --shots 1 2 4 8 --seeds 0 1 2
-    .venv/bin/python bench/bench_baselines.py --backbone tiny --shots 1 2 --seeds 0 --commit-dir
+    .venv/bin/python bench/bench_baselines.py --backbones tiny --shots 1 2 4 8 --seeds 0 1 2
+    .venv/bin/python bench/bench_baselines.py --backbones tiny --shots 1 2 --seeds 0 --commit-dir
+    .venv/bin/python bench/bench_baselines.py --datasets toy real_ad --backbones tiny pocket
+
+``--datasets``: ``toy`` (the default) and any registered dataset found on this machine, e.g.
+``real_ad`` (``../shared/datasets/real_ad``), ``mvtec`` or ``visa`` where they are installed.
+Each (dataset, backbone) pair is one part of the JSON's ``parts``.
 
 Besides the metrics (mean +- std over seeds of the category means, %), each row records its
 cost from the cells' :class:`~vtfusion.methods.MethodCost`: ``seconds_per_image`` (the method's
@@ -56,21 +61,21 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def run_row(method: str, cfg, shots: tuple[int, ...], seeds: tuple[int, ...], categories: tuple[str, ...],
-            backbone, args) -> list[dict]:
+def run_row(method: str, cfg, dataset: str, shots: tuple[int, ...], seeds: tuple[int, ...],
+            categories: tuple[str, ...], backbone, args) -> list[dict]:
     """One method's cells; a summary per k and one over all k, with its cost."""
     results = []
     for k in shots:
         for seed in seeds:
             for cat in categories:
-                r = run_method(method, cfg, "toy", cat, k, seed, results_root=args.results, runs_root=args.runs,
+                r = run_method(method, cfg, dataset, cat, k, seed, results_root=args.results, runs_root=args.runs,
                                backbone=backbone, cache=FeatureCache.from_env())
                 results.append({**r, "k": k, "seed": seed})  # a k = 0 method is repeated on each k's row
     out = []
     for k in (*shots, "all"):
         subset = [r for r in results if k == "all" or r["k"] == k]
         costs = [r.get("cost") or {} for r in subset]
-        out.append({"row": method, "backbone": cfg.backbone.arch, "weights": cfg.backbone.weights, "k": k,
+        out.append({"row": method, "dataset": dataset, "backbone": cfg.backbone.arch, "weights": cfg.backbone.weights, "k": k,
                     **summarize(subset),
                     "seconds_per_image": _mean([c.get("predict_seconds_per_image") or 0.0 for c in costs]),
                     **cell_costs(subset)})
@@ -95,7 +100,9 @@ def machine_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="tiny", choices=tuple(BACKBONES))
+    p.add_argument("--datasets", nargs="+", default=["toy"],
+                   help="registered datasets (`vtfusion list datasets`) found on this machine")
+    p.add_argument("--backbones", nargs="+", default=["tiny"], choices=tuple(BACKBONES))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -110,19 +117,22 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         get_method(m)  # unknown names fail before any work
     torch.set_num_threads(args.threads)
-    cfg = quick_config(BACKBONES[args.backbone], args.iterations, "project")  # bench_recipe's runs fit
-    backbone = build_backbone(cfg.backbone, seed=0)
-    categories = tuple(dataset_categories("toy"))
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
-              "backbone": args.backbone, "shots": args.shots, "seeds": args.seeds, "summaries": []}
+              "datasets": args.datasets, "backbones": args.backbones, "shots": args.shots, "seeds": args.seeds,
+              "parts": {}}
     start = time.perf_counter()
-    for method in args.methods:
-        t = time.perf_counter()
-        rows = run_row(method, cfg, tuple(args.shots), tuple(args.seeds), categories, backbone, args)
-        record["summaries"] += rows
-        print(f"{method}: {time.perf_counter() - t:.0f}s", flush=True)
+    for name in args.backbones:
+        cfg = quick_config(BACKBONES[name], args.iterations, "project")  # bench_recipe's runs fit
+        backbone = build_backbone(cfg.backbone, seed=0)
+        for dataset in args.datasets:
+            part = record["parts"][f"{dataset}/{name}"] = []
+            for method in args.methods:
+                t = time.perf_counter()
+                part += run_row(method, cfg, dataset, tuple(args.shots), tuple(args.seeds),
+                                tuple(dataset_categories(dataset)), backbone, args)
+                print(f"{dataset}/{name} {method}: {time.perf_counter() - t:.0f}s", flush=True)
+            print(f"[{dataset}/{name}]\n{table(part)}", flush=True)
     record["seconds"] = time.perf_counter() - start
-    print(table(record["summaries"]))
     atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
     if args.commit_dir:

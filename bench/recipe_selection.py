@@ -62,6 +62,10 @@ STAGES: list[tuple[str, str, dict[str, dict]]] = [
      {"shots vs own bank": {}, "leave-one-out": {"train.leave_one_out": True}}),
     ("image score", "The image score: max of M^f (Sec. III-D), or max of M^f after a Gaussian of sigma 4",
      {"max": {}, "smoothed max": {"model.image_score": "smoothed_max"}}),
+    ("late mean weight", "The squashed map's weight w in the late mean (1 - w) M^f + w squashed "
+                         "(a late mean only; the plain mean is 0.5)",
+     {"w = 0.5": {}, "w = 0.35": {"model.late_mean_weight": 0.35},
+      "w = 0.65": {"model.late_mean_weight": 0.65}, "w = 0.8": {"model.late_mean_weight": 0.8}}),
 ]
 
 

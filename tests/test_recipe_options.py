@@ -400,3 +400,43 @@ def test_smoothed_max_image_score_ranks_a_blob_above_a_single_pixel(backbone):
     torch.testing.assert_close(scores, gaussian_smooth(finals, 2.0).flatten(1).amax(1))
     with pytest.raises(ValueError, match="image_score"):
         ModelConfig(image_score="mean")
+
+
+def test_late_mean_weight_weighs_the_squashed_map_and_keeps_old_keys_at_one_half(backbone):
+    """``late_mean_weight`` w: ``(1 - w) M^f + w squashed``; at 0.5 (every run made before the
+    option existed) it is left out of the keys, any other value makes new ones."""
+    import dataclasses
+
+    from vtfusion.results import config_hash
+    from vtfusion.runs import training_hash
+
+    shot_tokens = backbone(torch.rand(2, 3, 240, 240))
+    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens)
+    with torch.no_grad():
+        knn_model.calibrate(knn_model.aie(shot_tokens), torch.arange(2), tokens=shot_tokens)
+    tokens = backbone(torch.rand(1, 3, 240, 240))
+    with torch.no_grad():
+        plain = plain_model.forward_tokens(tokens, (240, 240))
+        half = knn_model.forward_tokens(tokens, (240, 240))
+        knn_model.cfg = dataclasses.replace(knn_model.cfg, late_mean_weight=0.8)
+        heavy = knn_model.forward_tokens(tokens, (240, 240))
+    squashed = 2 * half["final"] - plain["final"]  # the squashed kNN map, from the plain mean
+    torch.testing.assert_close(heavy["final"], 0.2 * plain["final"] + 0.8 * squashed, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(heavy["final"], half["final"])
+
+    from helpers import quick_config
+    from vtfusion.config import NOT_CELL, without_fields
+    from vtfusion.results import content_key
+
+    exp = quick_config(1, final_map="mpf_knn")
+    legacy = without_fields(exp, ())  # the config as stored before the option existed ...
+    assert "late_mean_weight" not in legacy["model"]
+    for path in NOT_CELL:
+        legacy[path[0]].pop(path[1])
+    assert config_hash(exp) == content_key(legacy)  # ... keeps its key
+    heavier = exp.replace(model=dataclasses.replace(exp.model, late_mean_weight=0.8))
+    assert config_hash(heavier) != config_hash(exp) and training_hash(heavier) != training_hash(exp)
+    assert without_fields(heavier, NOT_CELL)["model"]["late_mean_weight"] == 0.8
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="late_mean_weight"):
+            dataclasses.replace(exp.model, late_mean_weight=bad)

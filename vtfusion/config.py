@@ -180,14 +180,28 @@ class ExperimentConfig:
 NOT_CELL = (("data", "dataset"), ("data", "root"), ("data", "categories"), ("data", "shots"), ("data", "seeds"))
 
 
+#: Fields added after runs and results were stored, with the value every earlier run had.
+#: At that value a field is left out of every key (:func:`without_fields`), so the runs and
+#: results made before it existed keep their keys; any other value makes a new key.
+KEY_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {("model", "late_mean_weight"): 0.5}
+
+
 def without_fields(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """``cfg.to_dict()`` without the ``dropped`` field paths (``("data", "root")``, ...)."""
+    """``cfg.to_dict()`` without the ``dropped`` field paths (``("data", "root")``, ...), and
+    without each field of :data:`KEY_NEUTRAL_DEFAULTS` that holds its neutral value."""
     data = cfg.to_dict()
-    for path in dropped:
+    neutral = tuple(path for path, value in KEY_NEUTRAL_DEFAULTS.items() if _field(data, path) == value)
+    for path in dropped + neutral:
         node = data
         for part in path[:-1]:
             node = node[part]
         node.pop(path[-1], None)
+    return data
+
+
+def _field(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data[part]
     return data
 
 

@@ -66,6 +66,11 @@ class ModelConfig:
             map, :mod:`vtfusion.patch_knn`), ``(M^f + sigmoid((M^knn - mu) / sigma)) / 2``:
             the projection into the joint space (``ln_post`` + ``proj``, the AIE's start)
             costs localisation that the raw tokens keep, so this term skips it.
+        late_mean_weight: **[choice, project]** the weight ``w`` of the squashed map in
+            the late mean of ``mpf_vision`` and ``mpf_knn``:
+            ``(1 - w) M^f + w sigmoid(...)``; 0.5, the plain mean, by default. The
+            segmentation loss sees the weighted mean, so ``w`` is a training choice; it
+            must lie in (0, 1), as at ``w = 1`` the segmentation network gets no gradient.
         image_score: **[choice, project]** the image anomaly score: ``max``, the maximum
             of ``M^f`` (Sec. III-D, the paper), or ``smoothed_max``, the maximum of ``M^f``
             filtered by a Gaussian of ``image_score_sigma`` pixels, so that a single
@@ -82,6 +87,7 @@ class ModelConfig:
     seg_weight: float = 1.0
     ate_aie_fusion: str = "range"
     final_map: str = "mpf"
+    late_mean_weight: float = 0.5
     image_score: str = "max"
     image_score_sigma: float = 4.0
 
@@ -94,6 +100,9 @@ class ModelConfig:
         if self.final_map not in FINAL_MAPS:
             raise ValueError(f"ModelConfig.final_map must be one of {', '.join(FINAL_MAPS)}, "
                              f"got {self.final_map!r}")
+        if not 0.0 < self.late_mean_weight < 1.0:
+            raise ValueError("ModelConfig.late_mean_weight (the squashed map's weight in the late mean) "
+                             f"must lie strictly between 0 and 1, got {self.late_mean_weight}")
         if self.ate_aie_fusion not in ATE_AIE_FUSIONS:
             raise ValueError(f"ModelConfig.ate_aie_fusion must be one of {', '.join(ATE_AIE_FUSIONS)}, "
                              f"got {self.ate_aie_fusion!r}")
@@ -223,14 +232,14 @@ class VTFusion(nn.Module):
                 out["fused"] = fused["fused"]
             out["final"] = fused["final"]
             if self.cfg.final_map == "mpf_vision":
-                out["final"] = 0.5 * (out["final"] + self.squashed_vision(out["vision"], out_size))
+                out["final"] = self.late_mean(out["final"], self.squashed_vision(out["vision"], out_size))
             elif self.token_bank is not None:
                 if tokens is None:
                     raise ValueError("final_map='mpf_knn' needs the backbone tokens: "
                                      "call maps_from_features(..., tokens=tokens)")
                 out["knn"] = self.token_bank(tokens_as_features(tokens), exclude)
                 squashed = squash(out["knn"], self.knn_stats[0], self.knn_stats[1], out_size)
-                out["final"] = 0.5 * (out["final"] + squashed)
+                out["final"] = self.late_mean(out["final"], squashed)
         else:
             grid_map = out["text"] / levels
             if self.uses_vision:
@@ -238,6 +247,11 @@ class VTFusion(nn.Module):
             out["final"] = F.interpolate(grid_map, size=out_size, mode="bilinear", align_corners=False)
         out["score"] = self.image_scores(out["final"])
         return out
+
+    def late_mean(self, fused: torch.Tensor, squashed: torch.Tensor) -> torch.Tensor:
+        """``(1 - w) M^f + w squashed`` with ``w = ModelConfig.late_mean_weight`` (``final_map``)."""
+        w = self.cfg.late_mean_weight
+        return (1.0 - w) * fused + w * squashed
 
     def image_scores(self, final: torch.Tensor) -> torch.Tensor:
         """Image anomaly scores ``B`` from ``M^f`` (``B x 1 x H x W``): ``ModelConfig.image_score``."""
