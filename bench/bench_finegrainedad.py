@@ -8,10 +8,11 @@ schedule (``--iterations``); FineGrainedAD with its defaults (100 prompt-trainin
 last iterate). ``zero_shot`` has no shots and runs once per category (``k = 0``); its row
 is repeated on each k.
 
-    .venv/bin/python bench/bench_finegrainedad.py --backbone tiny --shots 1 2 4 --seeds 0
-    .venv/bin/python bench/bench_finegrainedad.py --datasets toy real_ad --commit-dir 2026-12-03-cpu-2core-s4
+    .venv/bin/python bench/bench_finegrainedad.py --backbones tiny --shots 1 2 4 --seeds 0
+    .venv/bin/python bench/bench_finegrainedad.py --datasets toy real_ad --backbones tiny pocket
 
-Rows are grouped by dataset (``parts``, as :func:`vtfusion.viz.bench_table` reads them); each
+Rows are grouped by dataset and backbone (``parts``, keyed ``<dataset>/<backbone>``, as
+:func:`vtfusion.viz.bench_table` reads them); each
 row (method, dataset, k) records the metrics (mean +- std over seeds of the category
 means, %), ``seconds_per_image`` (the method's own prediction per test image; the backbone's
 tokens come from the token cache), ``fit_seconds`` (per category: training or building the
@@ -89,16 +90,16 @@ def table(rows: list[dict]) -> str:
     def cell(s, m):
         return "-" if m not in s else f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}"
 
-    return format_table([(s["row"], s["dataset"], s["k"], *[cell(s, m) for m in ("image_auroc", "pixel_auroc", "aupro")],
+    return format_table([(s["row"], s["dataset"], s["backbone"], s["k"], *[cell(s, m) for m in ("image_auroc", "pixel_auroc", "aupro")],
                           f"{1000 * s['seconds_per_image']:.2f}", f"{s['fit_seconds']:.1f}",
                           f"{s['category_seconds']:.1f}", f"{s['host_peak_mb']:.0f}") for s in rows],
-                        ("method", "dataset", "k", "image_auroc", "pixel_auroc", "aupro", "ms/image", "fit s/cat",
+                        ("method", "dataset", "backbone", "k", "image_auroc", "pixel_auroc", "aupro", "ms/image", "fit s/cat",
                          "s/category", "peak MB"))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backbone", default="tiny", choices=tuple(BACKBONES))
+    p.add_argument("--backbones", nargs="+", default=["tiny"], choices=tuple(BACKBONES))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--datasets", nargs="+", default=["toy"], choices=("toy", "real_ad"))
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4])
@@ -115,21 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     if "real_ad" in args.datasets and not real_ad_root().is_dir():
         p.error(f"--datasets real_ad: {real_ad_root()} is missing; drop real_ad or set $VTFUSION_REAL_AD")
     torch.set_num_threads(args.threads)
-    cfg = quick_config(BACKBONES[args.backbone], args.iterations, "project")  # bench_recipe's runs fit
-    backbone = build_backbone(cfg.backbone, seed=0)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
-              "backbone": args.backbone, "datasets": args.datasets, "shots": args.shots, "seeds": args.seeds,
-              "iterations": args.iterations, "parts": {d: [] for d in args.datasets}}
+              "backbones": args.backbones, "datasets": args.datasets, "shots": args.shots, "seeds": args.seeds,
+              "iterations": args.iterations,
+              "parts": {f"{d}/{b}": [] for b in args.backbones for d in args.datasets}}
     peaks = PeakMemory(torch.device("cpu"))
     start = time.perf_counter()
-    for method in args.methods:
-        for dataset in args.datasets:
-            t = time.perf_counter()
-            name = f"{method}/{dataset}"
-            with peaks.measure(name):
-                cells = run_cells(method, cfg, dataset, tuple(args.shots), tuple(args.seeds), backbone, args)
-            record["parts"][dataset] += summaries(method, dataset, cells, tuple(args.shots), peaks.results[name], cfg)
-            print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
+    for bb_name in args.backbones:
+        cfg = quick_config(BACKBONES[bb_name], args.iterations, "project")  # bench_recipe's runs fit
+        backbone = build_backbone(cfg.backbone, seed=0)
+        for method in args.methods:
+            for dataset in args.datasets:
+                t = time.perf_counter()
+                name = f"{method}/{dataset}/{bb_name}"
+                with peaks.measure(name):
+                    cells = run_cells(method, cfg, dataset, tuple(args.shots), tuple(args.seeds), backbone, args)
+                record["parts"][f"{dataset}/{bb_name}"] += summaries(method, dataset, cells, tuple(args.shots),
+                                                                     peaks.results[name], cfg)
+                print(f"{name}: {time.perf_counter() - t:.0f}s", flush=True)
     record["seconds"] = time.perf_counter() - start
     print(table([row for rows in record["parts"].values() for row in rows]))
     atomic_write_json(args.out, record)
