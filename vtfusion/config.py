@@ -190,7 +190,7 @@ def without_fields(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) 
     """``cfg.to_dict()`` without the ``dropped`` field paths (``("data", "root")``, ...), and
     without each field of :data:`KEY_NEUTRAL_DEFAULTS` that holds its neutral value."""
     data = cfg.to_dict()
-    neutral = tuple(path for path, value in KEY_NEUTRAL_DEFAULTS.items() if _field(data, path) == value)
+    neutral = tuple(path for path, value in KEY_NEUTRAL_DEFAULTS.items() if _value_at(data, path) == value)
     for path in dropped + neutral:
         node = data
         for part in path[:-1]:
@@ -199,7 +199,8 @@ def without_fields(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) 
     return data
 
 
-def _field(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _value_at(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at a field path of a nested config dictionary."""
     for part in path:
         data = data[part]
     return data
