@@ -3,7 +3,7 @@
 Every registered baseline (``zero_shot``, ``winclip``, ``winclip_plus``, ``patch_knn``) and
 VTFusion with the project's recipe, through :func:`vtfusion.evaluate.run_method` (cached,
 resumable; the same shot lists and metrics for all), for k = ``--shots`` and shot seeds
-``--seeds``, on one backbone (``--backbone``). Methods without shots (``zero_shot``,
+``--seeds``, on each backbone of ``--backbones`` (names in ``benchutil.BACKBONES``). Methods without shots (``zero_shot``,
 ``winclip``) run once per category (``k = 0``) and are repeated on each k's row.
 
     .venv/bin/python bench/bench_baselines.py --backbones tiny --shots 1 2 4 8 --seeds 0 1 2
@@ -20,8 +20,8 @@ prediction per test image; the backbone's tokens are excluded for methods that r
 the token cache, while WinCLIP encodes its windows itself, so its figure includes its backbone),
 ``fit_seconds`` (per category: training or building the memory) and ``category_seconds`` (the
 whole cell: fit, prediction, metrics). A VTFusion run read back from ``--runs`` is charged the
-training time it recorded when it was made (measured then, perhaps on a busier machine). Writes ``runs/bench/baselines.json``; ``--commit-dir``
-also copies it to ``bench/results/<date>-<machine>/baselines.json``.
+training time it recorded when it was made (measured then, perhaps on a busier machine).
+Writes ``runs/bench/baselines.json``; ``--commit-dir`` also copies it to ``bench/results/<date>-<machine>/baselines.json``.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import cell_costs, environment, quick_config  # noqa: E402
+from benchutil import BACKBONES, cell_costs, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
-from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
@@ -49,11 +48,6 @@ from vtfusion.paths import PROJECT_ROOT  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
-BACKBONES = {
-    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
-    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
-    "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
-}
 METHODS = ("zero_shot", "winclip", "winclip_plus", "patch_knn", "vtfusion")
 
 

@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import PeakMemory, cell_costs, environment, quick_config  # noqa: E402
+from benchutil import BACKBONES, PeakMemory, cell_costs, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
-from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
@@ -47,10 +46,6 @@ from vtfusion.paths import PROJECT_ROOT, real_ad_root  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
-BACKBONES = {
-    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
-    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
-}
 METHODS = ("finegrainedad", "vtfusion", "patch_knn", "zero_shot")
 
 

@@ -29,18 +29,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import Row, environment, grid_table, quick_config, run_grid  # noqa: E402
+from benchutil import BACKBONES, Row, environment, grid_table, quick_config, run_grid  # noqa: E402
 
 from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
-
-BACKBONES = {
-    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
-    # layers chosen on the toy validation split by bench/choose_layers.py
-    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
-    "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
-}
 
 
 def backbone_config(name: str) -> BackboneConfig:

@@ -23,8 +23,16 @@ from typing import Iterator
 import torch
 
 from vtfusion import __version__
-from vtfusion.config import ExperimentConfig, get_profile
+from vtfusion.config import BackboneConfig, ExperimentConfig, get_profile
 from vtfusion.io import atomic_write_json
+
+#: The benchmarks' backbones by name (``--backbone(s)``), one definition for every script.
+BACKBONES = {
+    "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
+    # layers chosen on the toy validation split by bench/choose_layers.py
+    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
+    "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
+}
 
 
 def resolve_device(name: str) -> torch.device:
