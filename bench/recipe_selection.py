@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment  # noqa: E402
+from benchutil import BACKBONES, environment  # noqa: E402
 
 from vtfusion.config import get_profile  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
@@ -70,14 +70,13 @@ STAGES: list[tuple[str, str, dict[str, dict]]] = [
 
 
 def base_config(backbone: str, iterations: int, layers: tuple[int, ...] | None):
+    """The quick profile with the paper's literal recipe on ``benchutil.BACKBONES[backbone]``."""
     cfg = get_profile("quick", recipe="paper")  # stages start from the literal reading
-    bb = cfg.backbone
-    if backbone == "tiny":
-        bb = dataclasses.replace(bb, arch="tiny", weights="random", layers=layers or (1, 2, 3, 4))
-    elif backbone == "pocket":
-        bb = dataclasses.replace(bb, arch="pocket", weights="pocket-v1", layers=layers or (1, 2, 3, 4))
-    else:
-        raise SystemExit(f"--backbone must be tiny or pocket, got {backbone!r}")
+    if backbone not in BACKBONES:
+        raise SystemExit(f"--backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    bb = BACKBONES[backbone]
+    if layers:
+        bb = dataclasses.replace(bb, layers=tuple(layers))
     return cfg.replace(backbone=bb, train=dataclasses.replace(cfg.train, iterations=iterations))
 
 
