@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,27 @@ def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(pocket_model, "WEIGHTS_DIR", fake_dir)
     with pytest.raises(pocket_model.PocketWeightsError, match="SHA-256"):
         pocket_model.load_released("pocket-v1")
+
+
+def test_linear_probe_reads_a_feature_that_carries_the_label_and_not_one_that_does_not():
+    from vtfusion.pocket.pretrain import probe_auroc
+
+    gen = torch.Generator().manual_seed(0)
+    y_train, y_test = torch.arange(40) % 2, torch.arange(40) % 3 == 0
+    noise_train, noise_test = torch.randn(40, 6, generator=gen), torch.randn(40, 6, generator=gen)
+    carries = probe_auroc(noise_train + 3 * y_train[:, None], y_train, noise_test + 3 * y_test[:, None], y_test)
+    blind = probe_auroc(noise_train, y_train, noise_test, y_test)
+    assert carries > 0.95 and 0.2 < blind < 0.8
+    assert math.isnan(probe_auroc(noise_train, torch.zeros(40), noise_test, y_test))  # one class: no probe
+
+
+def test_validation_records_the_probe_beside_the_zero_shot_numbers():
+    import open_clip
+
+    from vtfusion.pocket.model import build_pocket_clip, pocket_tokenizer
+    from vtfusion.pocket.pretrain import evaluate
+
+    batches = {"held_out": [sample_batch(7, i, 8, families=("gear", "bolt")) for i in range(2)]}
+    out = evaluate(build_pocket_clip(0), open_clip.ClipLoss(), pocket_tokenizer(), batches, "cpu")
+    assert {"held_out_loss", "held_out_auroc", "held_out_probe_auroc"} <= set(out)
+    assert 0.0 <= out["held_out_probe_auroc"] <= 1.0

@@ -143,6 +143,35 @@ def zero_shot(model, tokenizer, batch, device: torch.device | str = "cpu") -> di
             "auroc": auroc(p_damaged, labels.int()) if 0 < int(labels.sum()) < len(labels) else float("nan")}
 
 
+def probe_auroc(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                test_y: torch.Tensor) -> float:
+    """AUROC on ``test_x`` of a logistic regression fit on ``train_x`` (``N x d`` features, 0/1 labels).
+
+    A linear probe asks whether the features *carry* "normal vs damaged" at all, whatever
+    the text tower says: a zero-shot score at chance with a probe well above it is a
+    failure of alignment; both at chance, a failure of the image tower.
+    """
+    from sklearn.linear_model import LogisticRegression  # local: scikit-learn is slow to import
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not (0 < int(train_y.sum()) < len(train_y)) or not (0 < int(test_y.sum()) < len(test_y)):
+        return float("nan")
+    # standardised, and C = 0.1: a few hundred images against up to ~500 dimensions would
+    # otherwise be separated perfectly by noise
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    clf.fit(train_x.double().numpy(), train_y.int().numpy())
+    scores = torch.from_numpy(clf.decision_function(test_x.double().numpy()))
+    return auroc(scores, test_y.int())
+
+
+@torch.no_grad()
+def image_embeddings(model, images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unit-norm image embeddings ``B x d`` of ``B x 3 x H x W`` images in [0, 1] (on the CPU)."""
+    model.eval()
+    return model.encode_image(normalise(images.to(device)), normalize=True).float().cpu()
+
+
 @torch.no_grad()
 def similarity(model, tokenizer, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """Cosine similarities of every image with every caption: ``B x T`` (what ``ClipLoss`` scales and contrasts)."""
@@ -169,7 +198,12 @@ def validation_batches(cfg: PretrainConfig) -> dict[str, list]:
 
 @torch.no_grad()
 def evaluate(model, loss_fn, tokenizer, batches: dict[str, list], device) -> dict[str, float]:
-    """Validation loss and zero-shot numbers per group (``held_out_loss``, ``held_out_auroc``, ...)."""
+    """Validation loss, zero-shot and linear-probe numbers per group (``held_out_loss``,
+    ``held_out_auroc``, ``held_out_probe_auroc``, ...).
+
+    The probe (:func:`probe_auroc`) is fit on the image embeddings of a group's first batch
+    and scored on its others (NaN with a single batch).
+    """
     model.eval()
     out: dict[str, float] = {}
     for group, bs in batches.items():
@@ -178,6 +212,10 @@ def evaluate(model, loss_fn, tokenizer, batches: dict[str, list], device) -> dic
         out[f"{group}_loss"] = sum(losses) / len(losses)
         out[f"{group}_accuracy"] = sum(s["accuracy"] for s in shots) / len(shots)
         out[f"{group}_auroc"] = sum(s["auroc"] for s in shots) / len(shots)
+        if len(bs) > 1:
+            x = [image_embeddings(model, b.images, device) for b in bs]
+            y = [torch.tensor([bool(d) for d in b.defects]) for b in bs]
+            out[f"{group}_probe_auroc"] = probe_auroc(x[0], y[0], torch.cat(x[1:]), torch.cat(y[1:]))
     model.train()
     return out
 

@@ -1,0 +1,82 @@
+"""Does the pocket CLIP's image tower carry "normal vs damaged" at all? A linear probe.
+
+The zero-shot AUROC of the pre-training curves mixes two things: whether the image
+features separate defect-free from damaged images, and whether the text tower's "flawless"
+and "damaged" prompts point along that direction. A logistic-regression probe
+(:func:`vtfusion.pocket.pretrain.probe_auroc`) on the features answers the first alone.
+
+For each model (released weights, and the same architecture at its random init) and each
+family group (the training families, the held-out ones), ``--batches`` fixed validation
+batches of the pocket world (the pre-training's validation stream, never trained on) are
+embedded; the probe is fit on the first half of the images and scored on the second half.
+Two feature sets: the image embedding (what the contrastive loss trains), and the mean of
+the patch tokens of the backbone's levels (blocks 1-4, concatenated: what VTFusion's
+vision branch reads).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --threads 1 --out runs/bench/pocket_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import BACKBONES, environment  # noqa: E402
+
+from vtfusion.io import atomic_write_json  # noqa: E402
+from vtfusion.pocket.model import build_pocket_clip, load_released, pocket_tokenizer  # noqa: E402
+from vtfusion.pocket.pretrain import VAL_STREAM, image_embeddings, normalise, probe_auroc, zero_shot  # noqa: E402
+from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, sample_batch  # noqa: E402
+
+
+@torch.no_grad()
+def level_means(model, images: torch.Tensor, layers: tuple[int, ...]) -> torch.Tensor:
+    """``B x (L * width)``: the mean patch token of each of ``layers`` (1-indexed blocks), concatenated."""
+    out = model.visual.forward_intermediates(normalise(images), indices=[i - 1 for i in layers],
+                                             intermediates_only=True)["image_intermediates"]
+    return torch.cat([t.float().mean((2, 3)) for t in out], 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default="pocket-v1")
+    p.add_argument("--batches", type=int, default=8, help="validation batches of 64 images per family group")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_probe.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    layers = BACKBONES["pocket"].layers
+    tokenizer = pocket_tokenizer()
+    start = time.perf_counter()
+    groups = {"train_families": TRAIN_FAMILIES, "held_out": HELD_OUT_FAMILIES}
+    data = {g: [sample_batch(VAL_STREAM + 100 + j, i, 64, families=fams) for i in range(args.batches)]
+            for j, (g, fams) in enumerate(groups.items())}
+    rows = []
+    for name, model in ((args.weights, load_released(args.weights)), ("random init", build_pocket_clip(0).eval())):
+        for group, batches in data.items():
+            images = torch.cat([b.images for b in batches])
+            labels = torch.tensor([bool(d) for b in batches for d in b.defects])
+            half = len(labels) // 2
+            row = {"model": name, "group": group, "images": len(labels), "damaged_share": float(labels.float().mean()),
+                   "zero_shot_auroc": sum(zero_shot(model, tokenizer, b)["auroc"] for b in batches) / len(batches)}
+            for feature, x in (("embedding", image_embeddings(model, images)),
+                               ("level_means", level_means(model, images, layers))):
+                row[f"probe_auroc_{feature}"] = probe_auroc(x[:half], labels[:half], x[half:], labels[half:])
+            rows.append(row)
+            print(f"{name:>12} {group:>15}: zero-shot {row['zero_shot_auroc']:.3f}, probe on the embedding "
+                  f"{row['probe_auroc_embedding']:.3f}, on the level means {row['probe_auroc_level_means']:.3f}",
+                  flush=True)
+    record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "layers": list(layers),
+              "rows": rows, "seconds": time.perf_counter() - start}
+    atomic_write_json(args.out, record)
+    print(f"wrote {args.out} ({record['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
