@@ -27,8 +27,6 @@ Writes ``runs/bench/baselines.json``; ``--commit-dir`` also copies it to ``bench
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import BACKBONES, cell_costs, environment, quick_config  # noqa: E402
+from benchutil import BACKBONES, add_commit_dir_option, cell_costs, copy_to_results, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
@@ -44,7 +42,6 @@ from vtfusion.data.categories import categories as dataset_categories  # noqa: E
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.methods import get_method  # noqa: E402
-from vtfusion.paths import PROJECT_ROOT  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -86,12 +83,6 @@ def table(summaries: list[dict]) -> str:
                                                "ms/image", "s/category"))
 
 
-def machine_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
-    return f"cpu-{os.cpu_count()}core"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["toy"],
@@ -105,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("runs/bench/baselines/results"))
     p.add_argument("--runs", type=Path, default=Path("runs/bench/baselines/runs"))
     p.add_argument("--out", type=Path, default=Path("runs/bench/baselines.json"))
-    p.add_argument("--commit-dir", nargs="?", const="auto", default=None,
-                   help="also copy the JSON to bench/results/<this folder> (default name: <date>-<machine>)")
+    add_commit_dir_option(p)
     args = p.parse_args(argv)
     for m in args.methods:
         get_method(m)  # unknown names fail before any work
@@ -129,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     record["seconds"] = time.perf_counter() - start
     atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
-    if args.commit_dir:
-        name = time.strftime("%Y-%m-%d") + "-" + machine_name() if args.commit_dir == "auto" else args.commit_dir
-        dest = PROJECT_ROOT / "bench" / "results" / name / "baselines.json"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.out, dest)
-        print(f"copied to {dest}")
+    copy_to_results(args.out, args.commit_dir)
     return 0
 
 

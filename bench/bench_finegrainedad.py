@@ -19,14 +19,13 @@ tokens come from the token cache), ``fit_seconds`` (per category: training or bu
 memory; a run read back is charged the training it recorded), ``category_seconds`` (the whole cell)
 and ``host_peak_mb`` (peak resident memory of the process while that method's cells ran:
 ``VmHWM`` reset before each method where the kernel allows it, else the lifetime peak).
-Writes ``runs/bench/finegrainedad.json``; ``--commit-dir NAME`` also copies it to
-``bench/results/NAME/finegrainedad.json``.
+Writes ``runs/bench/finegrainedad.json``; ``--commit-dir [NAME]`` also copies it to
+``bench/results/NAME/finegrainedad.json`` (default NAME: ``<date>-<machine>``).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import BACKBONES, PeakMemory, cell_costs, environment, quick_config  # noqa: E402
+from benchutil import BACKBONES, PeakMemory, add_commit_dir_option, cell_costs, copy_to_results, environment, quick_config  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
@@ -42,7 +41,7 @@ from vtfusion.data.categories import categories as dataset_categories  # noqa: E
 from vtfusion.evaluate import run_method  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.methods import get_method  # noqa: E402
-from vtfusion.paths import PROJECT_ROOT, real_ad_root  # noqa: E402
+from vtfusion.paths import real_ad_root  # noqa: E402
 from vtfusion.validation import summarize  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=Path("runs/bench/finegrainedad/results"))
     p.add_argument("--runs", type=Path, default=Path("runs/bench/finegrainedad/runs"))
     p.add_argument("--out", type=Path, default=Path("runs/bench/finegrainedad.json"))
-    p.add_argument("--commit-dir", default=None, help="also copy the JSON to bench/results/<this folder>")
+    add_commit_dir_option(p)
     args = p.parse_args(argv)
     for m in args.methods:
         get_method(m)  # unknown names fail before any work
@@ -133,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table([row for rows in record["parts"].values() for row in rows]))
     atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
-    if args.commit_dir:
-        dest = PROJECT_ROOT / "bench" / "results" / args.commit_dir / "finegrainedad.json"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.out, dest)
-        print(f"copied to {dest}")
+    copy_to_results(args.out, args.commit_dir)
     return 0
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -41,6 +43,31 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA device is available; use --device auto or cpu")
     return torch.device(name)
+
+
+def machine_name() -> str:
+    """``<gpu-name>`` or ``cpu-<n>core``: the machine part of a result folder's name."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).lower().replace(" ", "-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def add_commit_dir_option(parser) -> None:
+    """``--commit-dir [NAME]``: also copy the JSON to ``bench/results/NAME`` (default ``<date>-<machine>``)."""
+    parser.add_argument("--commit-dir", nargs="?", const="auto", default=None,
+                        help="also copy the JSON to bench/results/NAME (without NAME: <date>-<machine>)")
+
+
+def copy_to_results(out: Path, commit_dir: str | None) -> Path | None:
+    """Copy a benchmark's JSON ``out`` into ``bench/results/<commit_dir>/`` (``auto``: ``<date>-<machine>``)."""
+    if not commit_dir:
+        return None
+    name = time.strftime("%Y-%m-%d") + "-" + machine_name() if commit_dir == "auto" else commit_dir
+    dest = Path(__file__).resolve().parent / "results" / name / Path(out).name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out, dest)
+    print(f"copied to {dest}")
+    return dest
 
 
 def paper_random_config(device: torch.device, iterations: int | None = None, k: int = 2,
