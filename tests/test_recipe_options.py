@@ -255,9 +255,10 @@ def test_ate_aie_fusion_by_range_or_by_training_statistics(backbone):
     torch.testing.assert_close(standard._combine(text / 4, vision), torch.full((1, 1, 2, 2), 0.5 * (2.0 + 2.0)))
 
 
-def twin_models(backbone, final_map: str, shot_tokens: torch.Tensor):
+def twin_models(backbone, final_map: str, shot_tokens: torch.Tensor, calibrate: bool = False):
     """Two seeded, identically initialised washer models, ``final_map="mpf"`` and ``final_map``,
-    with prototypes built from ``shot_tokens``."""
+    with prototypes built from ``shot_tokens``; ``calibrate``: the second is also calibrated on
+    them (leave-one-out over the shots, with their raw tokens)."""
     import dataclasses
 
     from helpers import quick_config
@@ -270,6 +271,9 @@ def twin_models(backbone, final_map: str, shot_tokens: torch.Tensor):
         model = build_model(config, dataset="toy", category="washer", backbone=backbone, device="cpu").eval()
         model.build_prototypes(shot_tokens)
         models.append(model)
+    if calibrate:
+        with torch.no_grad():
+            models[1].calibrate(models[1].aie(shot_tokens), torch.arange(len(shot_tokens)), tokens=shot_tokens)
     return models
 
 
@@ -308,9 +312,7 @@ def test_final_map_mpf_knn_averages_mf_with_the_squashed_patch_knn_map(backbone)
     from vtfusion.model.network import VTFusion
 
     shot_tokens = backbone(torch.rand(2, 3, 240, 240))
-    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens)
-    with torch.no_grad():
-        knn_model.calibrate(knn_model.aie(shot_tokens), torch.arange(2), tokens=shot_tokens)
+    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens, calibrate=True)
     tokens = backbone(torch.rand(2, 3, 240, 240))
     with torch.no_grad():
         plain, both = plain_model.forward_tokens(tokens, (240, 240)), knn_model.forward_tokens(tokens, (240, 240))
@@ -411,9 +413,7 @@ def test_late_mean_weight_weighs_the_squashed_map_and_keeps_old_keys_at_one_half
     from vtfusion.runs import training_hash
 
     shot_tokens = backbone(torch.rand(2, 3, 240, 240))
-    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens)
-    with torch.no_grad():
-        knn_model.calibrate(knn_model.aie(shot_tokens), torch.arange(2), tokens=shot_tokens)
+    plain_model, knn_model = twin_models(backbone, "mpf_knn", shot_tokens, calibrate=True)
     tokens = backbone(torch.rand(1, 3, 240, 240))
     with torch.no_grad():
         plain = plain_model.forward_tokens(tokens, (240, 240))
