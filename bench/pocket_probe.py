@@ -14,6 +14,7 @@ the patch tokens of the backbone's levels (blocks 1-4, concatenated: what VTFusi
 vision branch reads).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --threads 1 --out runs/bench/pocket_probe.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --run runs/pocket --out runs/bench/pocket_probe_run.json
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from benchutil import BACKBONES, environment  # noqa: E402
 
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.pocket.model import build_pocket_clip, load_released, pocket_tokenizer  # noqa: E402
-from vtfusion.pocket.pretrain import VAL_STREAM, image_embeddings, normalise, probe_auroc, zero_shot  # noqa: E402
+from vtfusion.pocket.pretrain import (  # noqa: E402
+    VAL_STREAM,
+    image_embeddings,
+    load_trained,
+    normalise,
+    probe_auroc,
+    zero_shot,
+)
 from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, sample_batch  # noqa: E402
 
 
@@ -44,7 +52,9 @@ def level_means(model, images: torch.Tensor, layers: tuple[int, ...]) -> torch.T
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="pocket-v1")
+    p.add_argument("--weights", default="pocket-v1", help="released weights to probe")
+    p.add_argument("--run", type=Path, default=None,
+                   help="probe this `vtfusion pocket pretrain` run folder's checkpoint instead of released weights")
     p.add_argument("--batches", type=int, default=8, help="validation batches of 64 images per family group")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_probe.json"))
@@ -57,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {g: [sample_batch(VAL_STREAM + 100 + j, i, 64, families=fams) for i in range(args.batches)]
             for j, (g, fams) in enumerate(groups.items())}
     rows = []
-    for name, model in ((args.weights, load_released(args.weights)), ("random init", build_pocket_clip(0).eval())):
+    trained = (str(args.run), load_trained(args.run)[0]) if args.run else (args.weights, load_released(args.weights))
+    for name, model in (trained, ("random init", build_pocket_clip(0).eval())):
         for group, batches in data.items():
             images = torch.cat([b.images for b in batches])
             labels = torch.tensor([bool(d) for b in batches for d in b.defects])

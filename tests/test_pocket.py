@@ -182,3 +182,16 @@ def test_validation_records_the_probe_beside_the_zero_shot_numbers():
     out = evaluate(build_pocket_clip(0), open_clip.ClipLoss(), pocket_tokenizer(), batches, "cpu")
     assert {"held_out_loss", "held_out_auroc", "held_out_probe_auroc"} <= set(out)
     assert 0.0 <= out["held_out_probe_auroc"] <= 1.0
+
+
+def test_single_family_batches_take_their_share_of_steps_in_turn_and_keep_v1s_recipe_at_zero():
+    from vtfusion.pocket.pretrain import PretrainConfig
+
+    cfg = PretrainConfig(single_family_share=0.25)
+    singles = [cfg.batch_families(step) for step in range(52) if len(cfg.batch_families(step)) == 1]
+    assert len(singles) == 13 and [f[0] for f in singles] == list(cfg.families)  # each family once, in turn
+    assert all(PretrainConfig().batch_families(step) == PretrainConfig().families for step in range(20))
+    assert "single_family_share" not in PretrainConfig().recipe()  # pocket-v1's recipe and checkpoints
+    assert cfg.recipe()["single_family_share"] == 0.25
+    with pytest.raises(ValueError, match="single_family_share"):
+        PretrainConfig(single_family_share=1.5)

@@ -454,7 +454,8 @@ def reproduce_datasets(cfg, requested: str | None) -> tuple[str, str]:
 def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
     from vtfusion.pocket.pretrain import PretrainConfig, pretrain  # local: light CLI
 
-    cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads)
+    cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads,
+                         single_family_share=args.single_family_share, val_batches=args.val_batches)
     state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
     last = state.validation[-1]
     print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
@@ -685,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="initialisation and data-stream seed")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--single-family-share", type=float, default=0.0,
+                   help="share of the steps whose batch holds one family only (default 0, the released recipe)")
+    p.add_argument("--val-batches", type=int, default=2, help="validation batches of each family group (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pocket_pretrain, outputs=("out",))
     p = psub.add_parser("release", help="write a run's weights (fp16 safetensors) and model card into the package",

@@ -67,6 +67,12 @@ class PretrainConfig:
         zoom: share of the scenes shown as close-ups around a defect **[choice]**: with
             the image embedding an average of patch tokens, a small defect moves it little;
             close-ups teach what a damaged patch looks like.
+        single_family_share: share of the steps whose batch is drawn from one training
+            family only (the families in turn) **[choice]**: in a mixed batch the captions
+            are told apart by object, colour and texture, which pocket-v1 learnt while its
+            image tower stayed blind to damage (a linear probe near chance); in a batch of
+            one family, state and defects are most of what tells its captions apart. 0
+            (pocket-v1) leaves the recipe as it was.
     """
 
     steps: int = 2600
@@ -82,10 +88,13 @@ class PretrainConfig:
     families: tuple[str, ...] = TRAIN_FAMILIES
     copies: int = 4
     zoom: float = 0.5
+    single_family_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("PretrainConfig needs steps >= 1 and batch_size >= 2 (a contrastive batch)")
+        if not 0.0 <= self.single_family_share <= 1.0:
+            raise ValueError(f"PretrainConfig.single_family_share={self.single_family_share} must lie in [0, 1]")
         if set(self.families) & set(HELD_OUT_FAMILIES):
             raise ValueError(f"the held-out families {HELD_OUT_FAMILIES} cannot be trained on")
 
@@ -95,7 +104,17 @@ class PretrainConfig:
         for k in ("val_every", "val_batches", "checkpoint_every", "threads"):
             d.pop(k)
         d["families"] = list(self.families)
+        if self.single_family_share == 0.0:  # added after pocket-v1: its neutral value keeps v1's recipe
+            d.pop("single_family_share")
         return d
+
+    def batch_families(self, step: int) -> tuple[str, ...]:
+        """The families batch ``step`` is drawn from: one family (in turn) on a
+        ``single_family_share`` of the steps, spread evenly, else all of :attr:`families`."""
+        share = self.single_family_share
+        if share > 0 and math.floor((step + 1) * share) > math.floor(step * share):
+            return (self.families[math.floor(step * share) % len(self.families)],)
+        return self.families
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -201,8 +220,8 @@ def evaluate(model, loss_fn, tokenizer, batches: dict[str, list], device) -> dic
     """Validation loss, zero-shot and linear-probe numbers per group (``held_out_loss``,
     ``held_out_auroc``, ``held_out_probe_auroc``, ...).
 
-    The probe (:func:`probe_auroc`) is fit on the image embeddings of a group's first batch
-    and scored on its others (NaN with a single batch).
+    The probe (:func:`probe_auroc`) is fit on the image embeddings of the first half of a
+    group's batches and scored on the rest (NaN with a single batch).
     """
     model.eval()
     out: dict[str, float] = {}
@@ -215,7 +234,9 @@ def evaluate(model, loss_fn, tokenizer, batches: dict[str, list], device) -> dic
         if len(bs) > 1:
             x = [image_embeddings(model, b.images, device) for b in bs]
             y = [torch.tensor([bool(d) for d in b.defects]) for b in bs]
-            out[f"{group}_probe_auroc"] = probe_auroc(x[0], y[0], torch.cat(x[1:]), torch.cat(y[1:]))
+            half = len(bs) // 2
+            out[f"{group}_probe_auroc"] = probe_auroc(torch.cat(x[:half]), torch.cat(y[:half]),
+                                                      torch.cat(x[half:]), torch.cat(y[half:]))
     model.train()
     return out
 
@@ -282,8 +303,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
         start = time.perf_counter()
         for group in optimiser.param_groups:
             group["lr"] = lr_at(state.step, cfg)
-        batch = sample_batch(cfg.seed, state.step, cfg.batch_size, families=cfg.families, copies=cfg.copies,
-                             zoom=cfg.zoom)
+        batch = sample_batch(cfg.seed, state.step, cfg.batch_size, families=cfg.batch_families(state.step),
+                             copies=cfg.copies, zoom=cfg.zoom)
         loss = clip_loss_on(model, loss_fn, tokenizer, batch, dev)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
