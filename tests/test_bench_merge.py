@@ -1,0 +1,27 @@
+"""bench/merge_results.py: merging benchmark parts keeps every row and never mislabels a summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from merge_results import merge  # noqa: E402
+
+
+def rows(method: str, ks: list, value: float) -> list[dict]:
+    return [{"row": method, "k": k, "image_auroc": value} for k in [*ks, "all"]]
+
+
+def test_a_part_from_two_inputs_relabels_its_summaries_and_later_inputs_win():
+    old = {"argv": ["a"], "parts": {"toy/pocket": rows("knn", [1, 2, 4], 0.5), "toy/tiny": rows("knn", [1], 0.7)}}
+    new = {"argv": ["b"], "parts": {"toy/pocket": rows("knn", [8], 0.6) + [{"row": "knn", "k": 4, "image_auroc": 0.9}]}}
+    out = merge([("old.json", old), ("new.json", new)])
+    pocket = {(r["row"], r["k"]): r for r in out["parts"]["toy/pocket"]}
+    assert set(pocket) == {("knn", 1), ("knn", 2), ("knn", 4), ("knn", 8), ("knn", "all of 1, 2, 4"),
+                           ("knn", "all of 4, 8")}
+    assert pocket[("knn", 4)]["image_auroc"] == 0.9 and pocket[("knn", 8)]["image_auroc"] == 0.6
+    assert {r["k"] for r in out["parts"]["toy/tiny"]} == {1, "all"}  # one input: its summary stays "all"
+    assert out["sources"] == {"toy/pocket": ["old.json", "new.json"], "toy/tiny": ["old.json"]}
+    assert [m["argv"] for m in out["merged_from"]] == [["a"], ["b"]]
