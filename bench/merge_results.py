@@ -55,7 +55,9 @@ def merge(records: list[tuple[str, dict]]) -> dict:
                         continue  # the summary of a single k that has its own row
                     row = {**row, "k": "all of " + ", ".join(str(x) for x in row["k_covered"])}
                 relabelled[key] = row
-            rows = relabelled
+            order = list(dict.fromkeys(key[0] for key in relabelled))  # methods as they first came
+            rows = dict(sorted(relabelled.items(), key=lambda item: (
+                order.index(item[0][0]), isinstance(item[1]["k"], str), str(item[1]["k"]).zfill(4))))
         out_parts[part] = list(rows.values())
     return {"merged_from": [{"file": name, "argv": record.get("argv"), "environment": record.get("environment"),
                              "merged_from": record.get("merged_from")} for name, record in records],
