@@ -3,8 +3,9 @@
 Every registered baseline (``zero_shot``, ``winclip``, ``winclip_plus``, ``patch_knn``) and
 VTFusion with the project's recipe, through :func:`vtfusion.evaluate.run_method` (cached,
 resumable; the same shot lists and metrics for all), for k = ``--shots`` and shot seeds
-``--seeds``, on each backbone of ``--backbones`` (names in ``benchutil.BACKBONES``). Methods without shots (``zero_shot``,
-``winclip``) run once per category (``k = 0``) and are repeated on each k's row.
+``--seeds``, on each backbone of ``--backbones`` (names in ``benchutil.BACKBONES``).
+Methods without shots (``zero_shot``, ``winclip``) run once per category (``k = 0``) and
+are repeated on each k's row.
 
     .venv/bin/python bench/bench_baselines.py --backbones tiny --shots 1 2 4 8 --seeds 0 1 2
     .venv/bin/python bench/bench_baselines.py --backbones tiny --shots 1 2 --seeds 0 --commit-dir
@@ -21,7 +22,8 @@ the token cache, while WinCLIP encodes its windows itself, so its figure include
 ``fit_seconds`` (per category: training or building the memory) and ``category_seconds`` (the
 whole cell: fit, prediction, metrics). A VTFusion run read back from ``--runs`` is charged the
 training time it recorded when it was made (measured then, perhaps on a busier machine).
-Writes ``runs/bench/baselines.json``; ``--commit-dir`` also copies it to ``bench/results/<date>-<machine>/baselines.json``.
+Writes ``runs/bench/baselines.json``; ``--commit-dir [NAME]`` also copies it to
+``bench/results/NAME/baselines.json`` (default NAME: ``<date>-<machine>``).
 """
 
 from __future__ import annotations

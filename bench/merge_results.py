@@ -21,8 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vtfusion.io import atomic_write_json  # noqa: E402
+from vtfusion.io import atomic_write_json
 
 
 def _covered_k(rows: list[dict]) -> list:

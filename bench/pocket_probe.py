@@ -71,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in (trained, ("random init", build_pocket_clip(0).eval())):
         for group, batches in data.items():
             images = torch.cat([b.images for b in batches])
-            labels = torch.tensor([bool(d) for b in batches for d in b.defects])
+            labels = torch.cat([b.damaged for b in batches])
             half = len(labels) // 2
+            embeddings = [image_embeddings(model, b.images) for b in batches]  # once, for zero-shot and probe
+            zero = [zero_shot(model, tokenizer, b, features=e)["auroc"] for b, e in zip(batches, embeddings)]
             row = {"model": name, "group": group, "images": len(labels), "damaged_share": float(labels.float().mean()),
-                   "zero_shot_auroc": sum(zero_shot(model, tokenizer, b)["auroc"] for b in batches) / len(batches)}
-            for feature, x in (("embedding", image_embeddings(model, images)),
+                   "zero_shot_auroc": sum(zero) / len(zero)}
+            for feature, x in (("embedding", torch.cat(embeddings)),
                                ("level_means", level_means(model, images, layers))):
                 row[f"probe_auroc_{feature}"] = probe_auroc(x[:half], labels[:half], x[half:], labels[half:])
             rows.append(row)

@@ -140,24 +140,26 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
 
 
 @torch.no_grad()
-def zero_shot(model, tokenizer, batch, device: torch.device | str = "cpu") -> dict[str, float]:
+def zero_shot(model, tokenizer, batch, device: torch.device | str = "cpu",
+              features: torch.Tensor | None = None) -> dict[str, float]:
     """Image-level zero-shot "normal vs damaged" on a world batch.
 
     Each image is compared with "a photo of a flawless <noun>." and "a photo of a damaged
     <noun>." (its own noun); the softmax probability of "damaged" is its score.
+    ``features``: the batch's :func:`image_embeddings`, when the caller has them already.
 
     Returns:
         ``accuracy`` (argmax against the truth) and ``auroc`` (of the scores).
     """
     model.eval()
-    feats = model.encode_image(normalise(batch.images.to(device)), normalize=True)
+    feats = (image_embeddings(model, batch.images, device) if features is None else features).to(device)
     nouns = sorted(set(batch.nouns))
     prompts = [f"a photo of a {state} {noun}." for noun in nouns for state in ("flawless", "damaged")]
     text = model.encode_text(tokenizer(prompts).to(device), normalize=True).view(len(nouns), 2, -1)
     rows = text[[nouns.index(n) for n in batch.nouns]]  # B x 2 x d
     logits = 100.0 * torch.einsum("bd,bkd->bk", feats, rows)
     p_damaged = logits.softmax(-1)[:, 1].cpu()
-    labels = torch.tensor([bool(d) for d in batch.defects])
+    labels = batch.damaged
     return {"accuracy": float(((p_damaged > 0.5) == labels).float().mean()),
             "auroc": auroc(p_damaged, labels.int()) if 0 < int(labels.sum()) < len(labels) else float("nan")}
 
@@ -227,13 +229,13 @@ def evaluate(model, loss_fn, tokenizer, batches: dict[str, list], device) -> dic
     out: dict[str, float] = {}
     for group, bs in batches.items():
         losses = [float(clip_loss_on(model, loss_fn, tokenizer, b, device)) for b in bs]
-        shots = [zero_shot(model, tokenizer, b, device) for b in bs]
+        x = [image_embeddings(model, b.images, device) for b in bs]  # once, for zero-shot and probe
+        shots = [zero_shot(model, tokenizer, b, device, features=f) for b, f in zip(bs, x)]
         out[f"{group}_loss"] = sum(losses) / len(losses)
         out[f"{group}_accuracy"] = sum(s["accuracy"] for s in shots) / len(shots)
         out[f"{group}_auroc"] = sum(s["auroc"] for s in shots) / len(shots)
         if len(bs) > 1:
-            x = [image_embeddings(model, b.images, device) for b in bs]
-            y = [torch.tensor([bool(d) for d in b.defects]) for b in bs]
+            y = [b.damaged for b in bs]
             half = len(bs) // 2
             out[f"{group}_probe_auroc"] = probe_auroc(torch.cat(x[:half]), torch.cat(y[:half]),
                                                       torch.cat(x[half:]), torch.cat(y[half:]))

@@ -770,6 +770,11 @@ class WorldBatch:
     defects: list[list[str]]    # defect kinds per image (empty: defect-free)
     nouns: list[str]
 
+    @property
+    def damaged(self) -> torch.Tensor:
+        """``B`` bool: whether each image carries at least one defect."""
+        return torch.tensor([bool(d) for d in self.defects])
+
 
 def batch_generator(seed: int, index: int) -> torch.Generator:
     """The generator of batch ``index`` of the stream ``seed`` (order-independent)."""
