@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real-categories", nargs="+", default=["tire", "magnetic_tile"],
                    help="real_ad categories of the real part")
     p.add_argument("--real-shots", type=int, nargs="+", default=[2, 4], help="k of the real part")
-    p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"], choices=("tiny", "pocket"))
+    p.add_argument("--backbones", nargs="+", default=["tiny", "pocket"],
+                   choices=[b for b in BACKBONES if b != "vitb_random"])
     p.add_argument("--rows", nargs="+", default=list(RECIPE_ROWS), choices=RECIPE_ROWS,
                    help="rows of the toy and real parts (default: all three)")
     args = p.parse_args(argv)

@@ -11,9 +11,11 @@ batches of the pocket world (the pre-training's validation stream, never trained
 embedded; the probe is fit on the first half of the images and scored on the second half.
 Two feature sets: the image embedding (what the contrastive loss trains), and the mean of
 the patch tokens of the backbone's levels (blocks 1-4, concatenated: what VTFusion's
-vision branch reads).
+vision branch reads). Beside them, the patch-level zero-shot AUROC
+(:func:`~vtfusion.pocket.pretrain.patch_zero_shot_auroc`): each patch token against the
+"flawless" and "damaged" prompts, scored on the patches a defect touches.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --threads 1 --out runs/bench/pocket_probe.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --threads 1 --weights pocket-v1 pocket-v2
     OMP_NUM_THREADS=1 .venv/bin/python bench/pocket_probe.py --run runs/pocket --out runs/bench/pocket_probe_run.json
 """
 
@@ -36,6 +38,7 @@ from vtfusion.pocket.pretrain import (  # noqa: E402
     image_embeddings,
     load_trained,
     normalise,
+    patch_zero_shot_auroc,
     probe_auroc,
     zero_shot,
 )
@@ -52,7 +55,7 @@ def level_means(model, images: torch.Tensor, layers: tuple[int, ...]) -> torch.T
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default="pocket-v1", help="released weights to probe")
+    p.add_argument("--weights", nargs="+", default=["pocket-v1"], help="released weights to probe")
     p.add_argument("--run", type=Path, default=None,
                    help="probe this `vtfusion pocket pretrain` run folder's checkpoint instead of released weights")
     p.add_argument("--batches", type=int, default=8, help="validation batches of 64 images per family group")
@@ -67,21 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     data = {g: [sample_batch(VAL_STREAM + 100 + j, i, 64, families=fams) for i in range(args.batches)]
             for j, (g, fams) in enumerate(groups.items())}
     rows = []
-    trained = (str(args.run), load_trained(args.run)[0]) if args.run else (args.weights, load_released(args.weights))
-    for name, model in (trained, ("random init", build_pocket_clip(0).eval())):
+    models = [(str(args.run), load_trained(args.run)[0])] if args.run else [(w, load_released(w)) for w in args.weights]
+    for name, model in (*models, ("random init", build_pocket_clip(0).eval())):
         for group, batches in data.items():
             images = torch.cat([b.images for b in batches])
             labels = torch.cat([b.damaged for b in batches])
             half = len(labels) // 2
             embeddings = [image_embeddings(model, b.images) for b in batches]  # once, for zero-shot and probe
             zero = [zero_shot(model, tokenizer, b, features=e)["auroc"] for b, e in zip(batches, embeddings)]
+            patch = [patch_zero_shot_auroc(model, tokenizer, b) for b in batches]
             row = {"model": name, "group": group, "images": len(labels), "damaged_share": float(labels.float().mean()),
-                   "zero_shot_auroc": sum(zero) / len(zero)}
+                   "zero_shot_auroc": sum(zero) / len(zero), "patch_zero_shot_auroc": sum(patch) / len(patch)}
             for feature, x in (("embedding", torch.cat(embeddings)),
                                ("level_means", level_means(model, images, layers))):
                 row[f"probe_auroc_{feature}"] = probe_auroc(x[:half], labels[:half], x[half:], labels[half:])
             rows.append(row)
-            print(f"{name:>12} {group:>15}: zero-shot {row['zero_shot_auroc']:.3f}, probe on the embedding "
+            print(f"{name:>12} {group:>15}: zero-shot {row['zero_shot_auroc']:.3f} (patches "
+                  f"{row['patch_zero_shot_auroc']:.3f}), probe on the embedding "
                   f"{row['probe_auroc_embedding']:.3f}, on the level means {row['probe_auroc_level_means']:.3f}",
                   flush=True)
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "layers": list(layers),

@@ -1,4 +1,4 @@
-"""bench/merge_results.py: merging benchmark parts keeps every row and never mislabels a summary."""
+"""Benchmark helpers: merged parts keep every row and label summaries right; pocket targets read the right rows."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def test_a_part_from_two_inputs_relabels_its_summaries_and_later_inputs_win():
     assert {r["k"] for r in out["parts"]["toy/tiny"]} == {1, "all"}  # one input: its summary stays "all"
     assert out["sources"] == {"toy/pocket": ["old.json", "new.json"], "toy/tiny": ["old.json"]}
     assert [m["argv"] for m in out["merged_from"]] == [["a"], ["b"]]
+
+
+def test_pocket_targets_compare_the_named_pocket_backbone_with_tiny_and_skip_rows_that_did_not_run():
+    from bench_pocket import targets
+
+    summaries = [{"row": r, "k": "all", "image_auroc": v}
+                 for r, v in (("zero_shot/pocket-v2", 0.72), ("patch_knn/pocket-v2", 0.70), ("patch_knn/tiny", 0.66))]
+    checks = targets(summaries, "pocket-v2")
+    assert set(checks) == {"zero-shot image AUROC >= 0.70 (pocket-v2)", "patch-kNN pocket-v2 - tiny >= 0.05 image AUROC"}
+    assert checks["zero-shot image AUROC >= 0.70 (pocket-v2)"]["met"]
+    gap = checks["patch-kNN pocket-v2 - tiny >= 0.05 image AUROC"]
+    assert abs(gap["value"] - 0.04) < 1e-9 and not gap["met"]

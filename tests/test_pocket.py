@@ -7,6 +7,7 @@ import ast
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -195,3 +196,64 @@ def test_single_family_batches_take_their_share_of_steps_in_turn_and_keep_v1s_re
     assert cfg.recipe()["single_family_share"] == 0.25
     with pytest.raises(ValueError, match="single_family_share"):
         PretrainConfig(single_family_share=1.5)
+
+
+def test_patch_damage_target_is_the_share_of_each_patch_a_defect_covers():
+    from vtfusion.pocket.pretrain import patch_damage_target
+
+    masks = torch.zeros(1, 1, 240, 240, dtype=torch.bool)
+    masks[0, 0, 16:32, 32:48] = True  # patch (1, 2), whole
+    masks[0, 0, 224:232, 224:240] = True  # half of patch (14, 14)
+    target = patch_damage_target(masks, 15).view(15, 15)
+    assert target[1, 2] == 1.0 and target[14, 14] == 0.5
+    assert float(target.sum()) == 1.5
+
+
+def test_patch_damage_loss_is_balanced_and_falls_when_the_head_reads_the_damaged_patch():
+    from vtfusion.pocket.pretrain import patch_damage_loss
+
+    masks = torch.zeros(2, 1, 240, 240, dtype=torch.bool)
+    masks[0, 0, :16, :16] = True
+    tokens = torch.zeros(2, 225, 4)
+    tokens[0, 0, 0] = 1.0  # only the damaged patch has feature 0 set
+    head = torch.nn.Linear(4, 1)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    blind = float(patch_damage_loss(tokens, head, masks))
+    assert blind == pytest.approx(math.log(2) * (449 + 100) / 450, rel=1e-4)  # pos_weight 449, capped at 100
+    head.weight.data[0, 0], head.bias.data[0] = 10.0, -5.0
+    assert float(patch_damage_loss(tokens, head, masks)) < 0.05 * blind
+
+
+def test_the_mask_loss_is_recorded_kept_in_the_checkpoint_and_neutral_at_zero(tmp_path):
+    from vtfusion.pocket.pretrain import PretrainConfig, pretrain
+
+    assert "mask_loss_weight" not in PretrainConfig().recipe()  # pocket-v1's recipe and checkpoints
+    with pytest.raises(ValueError, match="mask_loss_weight"):
+        PretrainConfig(mask_loss_weight=-1)
+    cfg = PretrainConfig(steps=2, batch_size=4, warmup=1, val_every=100, val_batches=1, checkpoint_every=2,
+                         families=("plastic_sheet",), mask_loss_weight=1.0)
+    state = pretrain(tmp_path / "run", cfg, progress=False)
+    assert all(0 < h["mask_loss"] < 10 for h in state.history)
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["recipe"]["mask_loss_weight"] == 1.0 and set(payload["head"]) == {"weight", "bias"}
+    assert "held_out_patch_auroc" in state.validation[-1]
+
+
+def test_the_text_tower_reads_the_patches_as_flawless_minus_damaged_at_clip_temperature():
+    from vtfusion.pocket.pretrain import PretrainConfig, text_patch_logits
+
+    class Prompts(torch.nn.Module):  # "flawless" prompts embed as e0, "damaged" ones as e1
+        logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+
+        def encode_text(self, texts, normalize=True):
+            return torch.eye(3)[[1 if "damaged" in t else 0 for t in texts]]
+
+    tokens = torch.tensor([[[0.0, 2.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0]]])  # damaged, flawless, neither
+    tokenizer = lambda texts: SimpleNamespace(to=lambda device: texts)  # noqa: E731
+    logits = text_patch_logits(Prompts(), tokenizer, tokens, ["gear"], "cpu")
+    assert torch.allclose(logits, torch.tensor([[10.0, -10.0, 0.0]]))
+    assert "mask_head" not in PretrainConfig(mask_head="text").recipe()  # no loss, no head: v1's recipe
+    assert PretrainConfig(mask_loss_weight=1.0, mask_head="text").recipe()["mask_head"] == "text"
+    with pytest.raises(ValueError, match="mask_head"):
+        PretrainConfig(mask_head="conv")

@@ -455,7 +455,8 @@ def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
     from vtfusion.pocket.pretrain import PretrainConfig, pretrain  # local: light CLI
 
     cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads,
-                         single_family_share=args.single_family_share, val_batches=args.val_batches)
+                         single_family_share=args.single_family_share, val_batches=args.val_batches,
+                         mask_loss_weight=args.mask_loss_weight, mask_head=args.mask_head)
     state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
     last = state.validation[-1]
     print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
@@ -466,7 +467,7 @@ def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
 def _cmd_pocket_release(args: argparse.Namespace) -> int:
     from vtfusion.pocket.release import release  # local: light CLI
 
-    weights, card = release(args.run, args.name, machine=args.machine)
+    weights, card = release(args.run, args.name, machine=args.machine, note=args.note)
     print(f"released {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB) with model card {card}")
     return 0
 
@@ -688,6 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--single-family-share", type=float, default=0.0,
                    help="share of the steps whose batch holds one family only (default 0, the released recipe)")
+    p.add_argument("--mask-loss-weight", type=float, default=0.0,
+                   help="weight of the auxiliary per-patch damage loss (default 0, the released recipe)")
+    p.add_argument("--mask-head", default="linear", choices=("linear", "text"),
+                   help="what reads the patches for the damage loss: a linear head, or the text tower's prompts")
     p.add_argument("--val-batches", type=int, default=2, help="validation batches of each family group (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pocket_pretrain, outputs=("out",))
@@ -696,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="the run folder of `vtfusion pocket pretrain`")
     p.add_argument("--name", default="pocket-v1", help="release name (default pocket-v1)")
     p.add_argument("--machine", default=None, help="where it was trained, for the model card")
+    p.add_argument("--note", default="", help="a sentence for the model card's opening (how it is used, and why)")
     p.set_defaults(func=_cmd_pocket_release)
 
     results = sub.add_parser("results", help="list the results and table summaries on disk",

@@ -47,14 +47,24 @@ def regression_check(model=None) -> dict[str, float]:
     return zero_shot(model, pocket_tokenizer(), guard_batch())
 
 
+MASK_LOSS_LIMITATION = (
+    "Its pre-training added a per-patch damage loss read against the world's exact defect masks "
+    "(`mask_loss_weight`), which CLIP never had: its patch tokens were told where damage is, which "
+    "CLIP learns, if at all, only from captions. It is a stand-in for scale, not a model of CLIP's training.")
+
+
+def _maybe(record: dict, key: str) -> str:
+    value = record.get(key)
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _card_markdown(card: dict) -> str:
     v = card["validation"][-1]
     lines = [
         f"# Model card: {card['name']}",
         "",
         f"{DESCRIPTION}. A small open_clip `CLIP` trained with open_clip's `ClipLoss` on images and captions "
-        "drawn by `vtfusion.pocket.world`. An opt-in backbone (`arch=\"pocket\"`), not the quick "
-        "profile's default: on the toy validation split its tokens did worse than random ones for patch matching.",
+        f"drawn by `vtfusion.pocket.world`. {card.get('note', '')}".rstrip(),
         "",
         "## Numbers",
         f"- parameters: {card['parameters']:,}; file: {card['file']} ({card['bytes'] / 1e6:.1f} MB, fp16), "
@@ -78,20 +88,27 @@ def _card_markdown(card: dict) -> str:
         *[f"- {k}: {val}" for k, val in card["recipe"].items()],
         "",
         "## Validation curve (held-out families)",
-        "| step | loss | zero-shot AUROC | accuracy |",
-        "|---|---|---|---|",
-        *[f"| {r['step']} | {r['held_out_loss']:.3f} | {r['held_out_auroc']:.3f} | {r['held_out_accuracy']:.3f} |"
-          for r in card["validation"]],
+        "Zero-shot: image-level normal vs damaged; patch: the same per patch token; probe: a linear "
+        "probe on the image embedding (`vtfusion.pocket.pretrain.evaluate`; - where not recorded).",
+        "",
+        "| step | loss | zero-shot AUROC | accuracy | patch zero-shot AUROC | probe AUROC |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['step']} | {r['held_out_loss']:.3f} | {r['held_out_auroc']:.3f} | {r['held_out_accuracy']:.3f} | "
+          f"{_maybe(r, 'held_out_patch_auroc')} | {_maybe(r, 'held_out_probe_auroc')} |" for r in card["validation"]],
         "",
         "## What it does not know",
-        *[f"- {line}" for line in LIMITATIONS],
+        *[f"- {line}" for line in card["limitations"]],
         "",
     ]
     return "\n".join(lines)
 
 
-def release(run_dir: str | Path, name: str = "pocket-v1", machine: str | None = None) -> tuple[Path, Path]:
-    """Write the fp16 weights and the model card of a finished run into the package."""
+def release(run_dir: str | Path, name: str = "pocket-v1", machine: str | None = None,
+            note: str = "") -> tuple[Path, Path]:
+    """Write the fp16 weights and the model card of a finished run into the package.
+
+    ``note``: a sentence for the card's opening (how the release is used, and why).
+    """
     payload = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
     if payload["step"] < payload["recipe"]["steps"]:
         raise ValueError(f"{run_dir} stopped at step {payload['step']} of {payload['recipe']['steps']}; "
@@ -115,7 +132,8 @@ def release(run_dir: str | Path, name: str = "pocket-v1", machine: str | None = 
                                                    "all_families": list(FAMILIES), "defects": list(DEFECTS)},
         "caption_statistics": caption_statistics(captions), "validation": payload["validation"],
         "loss_curve": payload["history"][::10], "guard": regression_check(model),
-        "limitations": list(LIMITATIONS),
+        "limitations": [*LIMITATIONS, *([MASK_LOSS_LIMITATION] if payload["recipe"].get("mask_loss_weight") else [])],
+        **({"note": note} if note else {}),
     }
     atomic_write_json(card_path, card)
     atomic_write_text(card_path.with_suffix(".md"), _card_markdown(card))
