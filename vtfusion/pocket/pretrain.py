@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from vtfusion.backbone import CLIP_MEAN, CLIP_STD
 from vtfusion.io import atomic_write, atomic_write_json
 from vtfusion.metrics import auroc
-from vtfusion.pocket.model import build_pocket_clip, pocket_tokenizer
+from vtfusion.pocket.model import POCKET_CLIP_CONFIG, build_pocket_clip, pocket_tokenizer
 from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, sample_batch
 
 CHECKPOINT_FORMAT = "vtfusion-pocket-pretrain-1"
@@ -263,8 +263,6 @@ def clip_loss_on(model, loss_fn, tokenizer, batch, device) -> torch.Tensor:
 
 def build_damage_head(cfg: PretrainConfig) -> torch.nn.Linear:
     """The auxiliary head of :func:`patch_damage_loss`: one logit per projected patch token."""
-    from vtfusion.pocket.model import POCKET_CLIP_CONFIG
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         head = torch.nn.Linear(POCKET_CLIP_CONFIG["embed_dim"], 1)
