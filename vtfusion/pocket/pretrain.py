@@ -193,17 +193,25 @@ def patch_zero_shot_auroc(model, tokenizer, batch, device: torch.device | str = 
     This is the map VTFusion's untrained text branch starts from, at the backbone's grid.
     """
     model.eval()
-    visual = model.visual
-    visual.output_tokens = True
-    try:
-        _, tokens = visual(normalise(batch.images.to(device)))
-    finally:
-        visual.output_tokens = False
-    tokens = torch.nn.functional.normalize(tokens @ visual.proj, dim=-1)  # B x N x d
+    _, tokens = pooled_and_patch_tokens(model, batch.images, device)
+    tokens = torch.nn.functional.normalize(tokens, dim=-1)  # B x N x d
     rows = state_prompt_rows(model, tokenizer, batch.nouns, device)  # B x 2 x d
     p_damaged = (100.0 * torch.einsum("bnd,bkd->bnk", tokens, rows)).softmax(-1)[..., 1].flatten().cpu()
     labels = (patch_damage_target(batch.masks, math.isqrt(tokens.shape[1])) > 0).flatten()
     return auroc(p_damaged, labels.int()) if 0 < int(labels.sum()) < len(labels) else float("nan")
+
+
+def pooled_and_patch_tokens(model, images: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image tower's embedding ``B x d`` (not normalised) and its projected patch tokens
+    ``B x N x d`` (the joint-space tokens the pooled embedding averages), for ``B x 3 x H x W``
+    images in [0, 1]."""
+    visual = model.visual
+    visual.output_tokens = True  # open_clip returns the tokens only through this flag
+    try:
+        pooled, tokens = visual(normalise(images.to(device)))
+    finally:
+        visual.output_tokens = False
+    return pooled, tokens @ visual.proj
 
 
 def state_prompt_rows(model, tokenizer, nouns: list[str], device) -> torch.Tensor:
@@ -317,20 +325,14 @@ def training_losses(model, head, loss_fn, tokenizer, batch, device, mask_loss_we
     if mask_loss_weight == 0.0 or (mask_head == "linear" and head is None):
         clip = clip_loss_on(model, loss_fn, tokenizer, batch, device)
         return {"clip": clip, "total": clip}
-    visual = model.visual
-    visual.output_tokens = True
-    try:
-        pooled, tokens = visual(normalise(batch.images.to(device)))
-    finally:
-        visual.output_tokens = False
+    pooled, tokens = pooled_and_patch_tokens(model, batch.images, device)
     image = torch.nn.functional.normalize(pooled, dim=-1)
     text = model.encode_text(tokenizer(batch.captions).to(device), normalize=True)
     clip = loss_fn(image, text, model.logit_scale.exp())
     if mask_head == "text":
-        mask = balanced_patch_bce(text_patch_logits(model, tokenizer, tokens @ visual.proj, batch.nouns, device),
-                                  batch.masks)
+        mask = balanced_patch_bce(text_patch_logits(model, tokenizer, tokens, batch.nouns, device), batch.masks)
     else:
-        mask = patch_damage_loss(tokens @ visual.proj, head, batch.masks)
+        mask = patch_damage_loss(tokens, head, batch.masks)
     return {"clip": clip, "mask": mask, "total": clip + mask_loss_weight * mask}
 
 
