@@ -25,14 +25,17 @@ from typing import Iterator
 import torch
 
 from vtfusion import __version__
-from vtfusion.config import BackboneConfig, ExperimentConfig, get_profile
+from vtfusion.config import BackboneConfig, ExperimentConfig, get_profile, with_pocket_backbone
 from vtfusion.io import atomic_write_json
+from vtfusion.pocket.model import READING
 
 #: The benchmarks' backbones by name (``--backbone(s)``), one definition for every script.
 BACKBONES = {
     "tiny": BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4)),
-    # layers chosen on the toy validation split by bench/choose_layers.py
-    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=(1, 2, 3, 4)),
+    # pocket releases as read on the toy validation split (bench/choose_layers.py;
+    # vtfusion.pocket.model.READING also sets their text branch's prompts and temperature)
+    "pocket": BackboneConfig(arch="pocket", weights="pocket-v1", layers=READING["pocket-v1"]["layers"]),
+    "pocket-v2": BackboneConfig(arch="pocket", weights="pocket-v2", layers=READING["pocket-v2"]["layers"]),
     "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
 }
 
@@ -277,4 +280,6 @@ def quick_config(backbone, iterations: int, recipe: str) -> ExperimentConfig:
 
     base = get_profile("quick")
     base = base.replace(backbone=backbone, train=dataclasses.replace(base.train, iterations=iterations))
+    if backbone.arch == "pocket" and backbone.weights in READING:
+        base = with_pocket_backbone(base, backbone.weights).replace(backbone=backbone)
     return apply_recipe(base, recipe)

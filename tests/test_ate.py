@@ -155,3 +155,28 @@ def test_ate_config_validation():
     none = AdaptiveTextEncoder(4, ATEConfig(adapter="none"))
     x = torch.tensor([[3.0, 0, 0, 4.0], [0, 1.0, 0, 0]])
     torch.testing.assert_close(none(x), torch.tensor([[0.6, 0, 0, 0.8], [0, 1.0, 0, 0]]))
+
+
+def test_clip_image_features_keep_the_text_map_when_the_aie_moves(backbone):
+    from vtfusion.model.network import VTFusion, ModelConfig
+
+    images = torch.rand(2, 3, 240, 240, generator=torch.Generator().manual_seed(4))
+    tokens = backbone(images)
+    maps = {}
+    for feat in ("aie", "clip"):
+        torch.manual_seed(0)
+        model = VTFusion(backbone, ModelConfig(variant="ate", ate=ATEConfig(image_features=feat)),
+                         object_name="metal washer")
+        before = model.maps_from_features(model.aie(tokens), (240, 240), tokens=tokens)["text"]
+        with torch.no_grad():  # what the vision losses do to the shared AIE
+            for p in model.aie.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        after = model.maps_from_features(model.aie(tokens), (240, 240), tokens=tokens)["text"]
+        maps[feat] = (before, after)
+    torch.testing.assert_close(maps["aie"][0], maps["clip"][0])  # the same map while the AIE is CLIP's init
+    assert not torch.allclose(maps["aie"][0], maps["aie"][1])  # Eq. 6 on the AIE follows it
+    torch.testing.assert_close(maps["clip"][0], maps["clip"][1])  # CLIP's projection does not
+    with pytest.raises(ValueError, match="image_features"):
+        ATEConfig(image_features="pixels")
+    with pytest.raises(ValueError, match="tokens"):
+        model.maps_from_features(model.aie(tokens), (240, 240))

@@ -41,3 +41,16 @@ def test_shots_needs_a_dataset(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "vtfusion.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("vtfusion ")
+
+
+def test_a_released_pocket_backbone_is_read_as_chosen_on_validation():
+    from vtfusion.cli import _experiment_config, build_parser
+
+    def cfg_of(*extra):
+        return _experiment_config(build_parser().parse_args(
+            ["train", "--category", "washer", "--profile", "quick", "--backbone", "pocket", *extra]))
+
+    v2 = cfg_of("--weights", "pocket-v2")
+    assert v2.backbone.layers == (6,) and v2.model.ate.prompts.preset == "paper" and v2.model.ate.logit_scale == 14
+    assert cfg_of("--weights", "pocket-v2", "--layers", "5", "6").backbone.layers == (5, 6)  # the user's word wins
+    assert cfg_of("--weights", "pocket-v1").model.ate.logit_scale == 100

@@ -59,3 +59,18 @@ def test_profile_names():
     assert set(PROFILES) == {"quick", "paper"}
     with pytest.raises(ValueError, match="choose one of quick, paper"):
         get_profile("slow")
+
+
+def test_with_pocket_backbone_reads_each_release_as_chosen_on_validation():
+    from vtfusion.config import with_pocket_backbone
+    from vtfusion.pocket.model import READING, RELEASES
+
+    assert set(READING) == set(RELEASES)
+    base = get_profile("quick")
+    v1, v2 = with_pocket_backbone(base, "pocket-v1"), with_pocket_backbone(base, "pocket-v2")
+    assert v1.model.ate == base.model.ate  # pocket-v1 is read with the defaults: its results keep their keys
+    assert (v1.backbone.arch, v1.backbone.weights, v1.backbone.layers) == ("pocket", "pocket-v1", (1, 2, 3, 4))
+    assert v2.backbone.layers == (6,) and v2.model.ate.prompts.preset == "paper"
+    assert v2.model.ate.logit_scale == 14.0 and v2.model.variant == base.model.variant
+    with pytest.raises(ValueError, match="pocket-v9"):
+        with_pocket_backbone(base, "pocket-v9")

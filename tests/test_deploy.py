@@ -25,6 +25,8 @@ from PIL import Image  # noqa: E402
 
 from vtfusion.cli import main  # noqa: E402
 from vtfusion.image_io import load_image_array, to_unit_float  # noqa: E402
+from vtfusion.model.ate import ATEConfig  # noqa: E402
+from vtfusion.model.mpf import MPFConfig  # noqa: E402
 
 TOLERANCE = 1e-4
 """Largest absolute difference allowed between ONNX Runtime's fp32 outputs and PyTorch's."""
@@ -148,8 +150,9 @@ def test_int8_graph_runs_and_says_so(trained, tmp_path):
 
 
 @pytest.mark.parametrize("changes", [dict(final_map="mpf", image_score="max"),  # the paper's reading
-                                     dict(variant="ate_aie", ate_aie_fusion="standardised")],
-                         ids=["paper-mpf", "ate_aie-standardised"])
+                                     dict(variant="ate_aie", ate_aie_fusion="standardised"),
+                                     dict(ate=ATEConfig(image_features="clip"), mpf=MPFConfig(text_skip=True))],
+                         ids=["paper-mpf", "ate_aie-standardised", "clip-features-text-skip"])
 def test_other_configs_export_what_they_compute(changes, backbone, toy_root, tmp_path):
     """An untrained but built and calibrated model of another config: the graph still
     reproduces what that config computes."""

@@ -125,27 +125,37 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         pretrain(tmp_path / "resumed", PretrainConfig(**{**cfg.__dict__, "lr": 1e-4}), progress=False)
 
 
-def _released():
-    weights, card = release_paths("pocket-v1")
+def _released(name: str = "pocket-v1"):
+    weights, card = release_paths(name)
     if not weights.is_file():
         pytest.fail(f"{weights} is missing: the released pocket CLIP weights are package data")
     return weights, json.loads(card.read_text())
 
 
-def test_released_weights_match_their_checksum_and_size():
-    weights, card = _released()
-    assert "pocket-v1" in RELEASES
+@pytest.mark.parametrize("name", ["pocket-v1", "pocket-v2"])
+def test_released_weights_match_their_checksum_and_size(name):
+    weights, card = _released(name)
+    assert name in RELEASES and card["name"] == name
     assert sha256_of(weights) == card["sha256"]
     assert weights.stat().st_size <= 20e6, "fp16 weights of at most 20 MB"
 
 
-def test_released_model_reproduces_its_model_card():
+@pytest.mark.parametrize("name", ["pocket-v1", "pocket-v2"])
+def test_released_model_reproduces_its_model_card(name):
+    from vtfusion.pocket.model import load_released
     from vtfusion.pocket.release import regression_check
 
-    _, card = _released()
-    got = regression_check()
+    _, card = _released(name)
+    got = regression_check(load_released(name))
     assert got["accuracy"] == pytest.approx(card["guard"]["accuracy"], abs=1 / 64 + 1e-9)  # one image may flip
     assert got["auroc"] == pytest.approx(card["guard"]["auroc"], abs=2e-3)
+
+
+def test_pocket_v2_card_states_its_mask_loss_departure():
+    _, card = _released("pocket-v2")
+    assert card["recipe"]["mask_loss_weight"] > 0 and card["recipe"]["mask_head"] == "text"
+    assert any("mask_loss_weight" in line for line in card["limitations"])
+    assert "mask_loss_weight" not in _released("pocket-v1")[1]["recipe"]
 
 
 def test_corrupt_weights_are_refused(tmp_path, monkeypatch):

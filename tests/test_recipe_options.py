@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -151,7 +152,25 @@ def test_vision_skip_makes_the_untrained_final_map_a_monotone_function_of_mv():
     order_v = m_v.flatten().argsort()
     assert torch.all(logits.flatten()[order_v].diff() >= -1e-6), "same order as M^v everywhere"
     plain = MultimodalPredictionFusion(MPFConfig()).eval()
-    assert plain.vision_norm is None
+    assert plain.vision_norm is None and plain.text_norm is None
+
+
+def test_text_skip_keeps_the_text_maps_gradient_positive_and_leaves_old_keys_alone():
+    from vtfusion.config import get_profile
+    from vtfusion.results import cell_fields, config_hash
+
+    torch.manual_seed(0)
+    mpf = MultimodalPredictionFusion(MPFConfig(text_skip=True)).eval()
+    m_v, m_t = torch.rand(4, 1, 5, 5), torch.rand(4, 1, 5, 5, requires_grad=True)
+    logits = mpf(m_v, m_t, (5, 5))["logits"]
+    order_t = m_t.detach().flatten().argsort()
+    assert torch.all(logits.detach().flatten()[order_t].diff() >= -1e-6), "same order as M^t everywhere"
+    logits.sum().backward()
+    assert torch.all(m_t.grad > 0), "raising M^t raises every logit"
+    cfg = get_profile("quick")
+    on = cfg.replace(model=dataclasses.replace(cfg.model, mpf=dataclasses.replace(cfg.model.mpf, text_skip=True)))
+    assert "text_skip" not in cell_fields(cfg)["model"]["mpf"]  # runs stored before the switch keep their keys
+    assert config_hash(cfg) != config_hash(on)
 
 
 # --------------------------------------------------------------------------- evaluation and training switches

@@ -13,10 +13,12 @@ Architectures (``BackboneConfig.arch``):
 ``pocket``
     the pocket CLIP (:mod:`vtfusion.pocket`): a small open_clip ``CLIP`` pre-trained by
     this project on a generated, captioned world, with the same 15 x 15 grid. Weights
-    ``pocket-v1`` (package data, SHA-256 checked) or ``random``. Opt-in: ``pocket-v1``
-    did not learn "normal vs damaged" and its tokens match patches worse than random
-    ones (its chapter and model card give the numbers), so the quick profile keeps
-    ``tiny``.
+    ``pocket-v1``, ``pocket-v2`` (package data, SHA-256 checked) or ``random``; each
+    release is read as :data:`vtfusion.pocket.model.READING` says. Opt-in: ``pocket-v1``
+    did not learn "normal vs damaged"; ``pocket-v2``'s untrained text map finds the toy
+    defects, but VTFusion trained on it stays behind VTFusion on ``tiny`` on the toy
+    validation split, and both releases' tokens match patches worse than random ones
+    (chapter 00b and the model cards give the numbers), so the quick profile keeps ``tiny``.
 ``tiny``
     a small open_clip ``CLIP`` (:data:`TINY_CLIP_CONFIG`) with the same input size and
     patch size, hence the same 15 x 15 grid, but width 128, 4 blocks and a 2-block

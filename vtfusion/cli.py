@@ -264,7 +264,8 @@ def _cmd_shots(args: argparse.Namespace) -> int:
 
 def _experiment_config(args: argparse.Namespace):
     """The profile's config with the command-line overrides applied."""
-    from vtfusion.config import load_config  # local: light CLI
+    from vtfusion.config import load_config, with_pocket_backbone  # local: light CLI
+    from vtfusion.pocket.model import READING
     from vtfusion.recipes import apply_recipe
 
     cfg = load_config(args.profile)
@@ -273,6 +274,10 @@ def _experiment_config(args: argparse.Namespace):
         backbone = dataclasses.replace(backbone, arch=args.backbone)
     if args.weights:
         backbone = dataclasses.replace(backbone, weights=args.weights)
+    if backbone.arch == "pocket" and backbone.weights in READING:
+        # a released pocket CLIP is read as chosen on validation: its blocks, prompts, temperature
+        cfg = with_pocket_backbone(cfg.replace(backbone=backbone), backbone.weights)
+        backbone = cfg.backbone
     if args.layers:
         backbone = dataclasses.replace(backbone, layers=tuple(args.layers))
     train = cfg.train
@@ -539,7 +544,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", choices=["quick", "paper", "auto"], default=None,
                    help="config profile (default: $VTFUSION_PROFILE, else automatic)")
     g.add_argument("--backbone", default=None, help="open_clip architecture, 'tiny' (random test model) or 'pocket'")
-    g.add_argument("--weights", default=None, help="pretrained tag (laion400m_e32), pocket-v1, a weights file, or 'random'")
+    g.add_argument("--weights", default=None, help="pretrained tag (laion400m_e32), pocket-v1 or pocket-v2 (read as "
+                        "vtfusion.pocket.model.READING says), a weights file, or 'random'")
     g.add_argument("--layers", type=int, nargs="+", default=None, help="1-indexed blocks whose tokens are used")
     g.add_argument("--variant", choices=["full", "ate_aie", "ate"], default=None, help="Table II row")
     g.add_argument("--iterations", type=int, default=None, help="training iterations")
@@ -677,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pocket = sub.add_parser("pocket", help="pre-train and release the pocket CLIP",
                             description="The pocket CLIP: a small CLIP pre-trained by this project on a generated, "
-                                        "captioned world (opt-in: --backbone pocket --weights pocket-v1).")
+                                        "captioned world (opt-in: --backbone pocket --weights pocket-v2).")
     psub = pocket.add_subparsers(dest="pocket_command", metavar="ACTION", required=True)
     p = psub.add_parser("pretrain", help="pre-train on the pocket world (resumes from --out)",
                         description="Pre-train the pocket CLIP with open_clip's CLIP and ClipLoss. Checkpoints are "

@@ -31,6 +31,8 @@ from vtfusion.backbone import BackboneConfig
 from vtfusion.das import DASConfig
 from vtfusion.metrics import EvalConfig
 from vtfusion.model.network import ModelConfig
+from vtfusion.pocket.model import READING
+from vtfusion.prompts import PromptConfig
 from vtfusion.recipes import apply_recipe, recipe_of
 from vtfusion.weights import locate_pretrained_weights
 
@@ -183,7 +185,9 @@ NOT_CELL = (("data", "dataset"), ("data", "root"), ("data", "categories"), ("dat
 #: Fields added after runs and results were stored, with the value every earlier run had.
 #: At that value a field is left out of every key (:func:`without_fields`), so the runs and
 #: results made before it existed keep their keys; any other value makes a new key.
-KEY_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {("model", "late_mean_weight"): 0.5}
+KEY_NEUTRAL_DEFAULTS: dict[tuple[str, ...], Any] = {("model", "late_mean_weight"): 0.5,
+                                                    ("model", "mpf", "text_skip"): False,
+                                                    ("model", "ate", "image_features"): "aie"}
 
 
 def without_fields(cfg: ExperimentConfig, dropped: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
@@ -267,6 +271,18 @@ def get_profile(name: str, recipe: str = "project") -> ExperimentConfig:
             f"(argument --profile or ${PROFILE_ENV})"
         )
     return apply_recipe(_BUILDERS[name](), recipe)
+
+
+def with_pocket_backbone(cfg: ExperimentConfig, name: str = "pocket-v2") -> ExperimentConfig:
+    """``cfg`` on the released pocket CLIP ``name``, read as chosen on the toy validation split
+    (:data:`vtfusion.pocket.model.READING`): its token blocks, prompt preset and temperature."""
+    if name not in READING:
+        raise ValueError(f"unknown pocket CLIP release {name!r}; released: {', '.join(READING)}")
+    reading = READING[name]
+    backbone = dataclasses.replace(cfg.backbone, arch="pocket", weights=name, layers=tuple(reading["layers"]))
+    ate = dataclasses.replace(cfg.model.ate, prompts=PromptConfig(reading["prompts"]),
+                              logit_scale=reading["logit_scale"])
+    return cfg.replace(backbone=backbone, model=dataclasses.replace(cfg.model, ate=ate))
 
 
 def paper_requirements() -> dict[str, bool]:

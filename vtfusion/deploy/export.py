@@ -15,9 +15,10 @@ Outputs: ``final`` (``M^f``, ``B x 1 x S x S`` float32) and ``score`` (``B`` flo
 The graph's ``metadata_props`` (:func:`deploy_metadata`) say what it is and what it takes.
 
 What is and is not exported. Every ``ModelConfig`` option exports (the variants, each
-``final_map``, ``fusion_input``, ``vision_skip``, both image scores; ``tests/test_deploy.py``
-compares a sample with PyTorch). ``BackboneConfig.precision="bf16"`` is a CUDA autocast:
-the graph computes in fp32, as PyTorch does on a CPU. ``EvalConfig.smoothing_sigma``
+``final_map``, ``fusion_input``, ``vision_skip``, ``text_skip``, ``ATEConfig.image_features``,
+both image scores; ``tests/test_deploy.py`` compares a sample with PyTorch).
+``BackboneConfig.precision="bf16"`` is a CUDA autocast: the graph computes in fp32, as
+PyTorch does on a CPU. ``EvalConfig.smoothing_sigma``
 belongs to evaluation, not to ``predict``, and is not in the graph either. A checkpoint
 whose bank was never built, or an operator without an ONNX form, is a ``ValueError``
 naming the option.

@@ -25,6 +25,7 @@ from vtfusion.prompts import CLASSES, PromptConfig, build_prompts
 
 ADAPTERS = ("mlp", "none")
 ADAPTER_INITS = ("zero", "default")
+IMAGE_FEATURES = ("aie", "clip")
 ABNORMAL = CLASSES.index("abnormal")
 
 
@@ -42,6 +43,13 @@ class ATEConfig:
             untrained ATE returns CLIP's ensemble embeddings exactly; ``default``: PyTorch init.
         logit_scale: **[choice]** the temperature of Eq. 6's softmax; 100 is the value
             CLIP's learned ``logit_scale.exp()`` is clamped to, i.e. CLIP's zero-shot scale.
+        image_features: **[choice]** the image features Eq. 6 compares with ``F^t``.
+            ``aie``: the AIE's output ``F^v`` (the paper); ``clip``, a departure: CLIP's own
+            projection of the frozen tokens (``ln_post``, ``proj``), which training never
+            moves. The AIE is shared with the vision branch, whose losses (Eqs. 2-4) pull
+            its features away from CLIP's joint space; on a pocket CLIP whose untrained
+            text map localises real defects, that inverts the text map within 100
+            iterations while the ``ate`` variant (AIE untrained) keeps it (chapter 00b).
     """
 
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -49,8 +57,12 @@ class ATEConfig:
     adapter_hidden_ratio: float = 0.25
     adapter_init: str = "zero"
     logit_scale: float = 100.0
+    image_features: str = "aie"
 
     def __post_init__(self) -> None:
+        if self.image_features not in IMAGE_FEATURES:
+            raise ValueError(f"ATEConfig.image_features must be one of {', '.join(IMAGE_FEATURES)}, "
+                             f"got {self.image_features!r}")
         if self.adapter not in ADAPTERS:
             raise ValueError(f"ATEConfig.adapter must be one of {', '.join(ADAPTERS)}, got {self.adapter!r}")
         if self.adapter_init not in ADAPTER_INITS:

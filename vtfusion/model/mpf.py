@@ -50,6 +50,12 @@ class MPFConfig:
             zero. An untrained MPF is then a monotone function of ``M^v`` (as good as the
             vision map at step 0) and training learns corrections, instead of having to
             rediscover from scratch what ``M^v`` already says. False: the paper's ``phi``.
+        text_skip: **[choice]**, a departure from the paper: the same skip for the text map
+            ``M^t``. The paper's MPF may use ``M^t`` with either sign, so training through
+            ``L_SEG`` alone is free to invert it, and on a pocket CLIP whose untrained
+            text map localises real defects it does so within 50 iterations (chapter 00b).
+            The skip gives ``M^t`` a fixed positive path to the logits, so its gradient
+            keeps "high means abnormal". False: the paper's ``phi``.
     """
 
     fusion: str = "mpf"
@@ -60,6 +66,7 @@ class MPFConfig:
     seg_channels: int = 32
     pyramid_bins: tuple[int, ...] = (1, 2, 4)
     vision_skip: bool = False
+    text_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -208,7 +215,8 @@ class MultimodalPredictionFusion(nn.Module):
 
     ``forward(m_v, m_t, out_size)`` takes ``B x 1 x h x w`` maps and returns a dict with
     ``fused`` (``M^vt``, ``B x fused_channels x h x w``; absent for ``concat``),
-    ``logits`` (``B x 1 x h x w``; with ``vision_skip`` plus the normalised ``M^v``)
+    ``logits`` (``B x 1 x h x w``; with ``vision_skip`` / ``text_skip`` plus the
+    normalised ``M^v`` / ``M^t``)
     and ``final`` (``M^f``: sigmoid of the logits,
     bilinearly upsampled to ``out_size``, ``B x 1 x H x W`` in [0, 1]).
     """
@@ -220,7 +228,8 @@ class MultimodalPredictionFusion(nn.Module):
         cin = 2 + (cfg.fused_channels if self.fusion is not None else 0)
         self.seg = SegmentationNet(cin, cfg.seg_channels, cfg.pyramid_bins)
         self.vision_norm = nn.BatchNorm2d(1) if cfg.vision_skip else None
-        if cfg.vision_skip:
+        self.text_norm = nn.BatchNorm2d(1) if cfg.text_skip else None
+        if cfg.vision_skip or cfg.text_skip:
             nn.init.zeros_(self.seg.head.weight)
             nn.init.zeros_(self.seg.head.bias)
 
@@ -236,6 +245,8 @@ class MultimodalPredictionFusion(nn.Module):
         out["logits"] = self.seg(torch.cat(parts, dim=1))
         if self.vision_norm is not None:
             out["logits"] = out["logits"] + self.vision_norm(m_v)
+        if self.text_norm is not None:
+            out["logits"] = out["logits"] + self.text_norm(m_t)
         # Upsample the probabilities (not the logits) so M^f stays in [0, 1] (Eq. 9).
         out["final"] = F.interpolate(torch.sigmoid(out["logits"]), size=out_size, mode="bilinear",
                                      align_corners=False)

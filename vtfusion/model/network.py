@@ -223,7 +223,8 @@ class VTFusion(nn.Module):
         levels = features.shape[1]
         if text_features is None:
             text_features = self.text_features()
-        out = {"text": text_map(features, text_features, self.cfg.ate.logit_scale)}
+        out = {"text": text_map(self.text_image_features(features, tokens), text_features,
+                                self.cfg.ate.logit_scale)}
         if self.uses_vision:
             out["vision"] = self.bank(features, exclude)
         if self.mpf is not None:
@@ -247,6 +248,16 @@ class VTFusion(nn.Module):
             out["final"] = F.interpolate(grid_map, size=out_size, mode="bilinear", align_corners=False)
         out["score"] = self.image_scores(out["final"])
         return out
+
+    def text_image_features(self, features: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """What Eq. 6 compares with ``F^t``, ``B x L x c x h x w``: the AIE ``features``, or with
+        ``ATEConfig.image_features="clip"`` CLIP's own projection of the backbone ``tokens``."""
+        if self.cfg.ate.image_features == "aie":
+            return features
+        if tokens is None:
+            raise ValueError("ATEConfig.image_features='clip' needs the backbone tokens: "
+                             "pass tokens=... (the cached B x L x h x w x D tokens)")
+        return self.backbone.project_tokens(tokens).permute(0, 1, 4, 2, 3)
 
     def late_mean(self, fused: torch.Tensor, squashed: torch.Tensor) -> torch.Tensor:
         """``(1 - w) M^f + w squashed`` with ``w = ModelConfig.late_mean_weight`` (``final_map``)."""
@@ -287,7 +298,8 @@ class VTFusion(nn.Module):
         ``tokens``, for the same statistics of its raw-token map (``knn_stats``).
         """
         unseen = exclude is not None if unseen is None else unseen
-        text = text_map(features, self.text_features(), self.cfg.ate.logit_scale) / features.shape[1]
+        text = text_map(self.text_image_features(features, tokens), self.text_features(),
+                        self.cfg.ate.logit_scale) / features.shape[1]
         stats = [text.mean(), text.std(unbiased=False).clamp_min(1e-6)]
         if self.uses_vision:
             stats += distance_stats(self.bank(features, exclude), unseen, self.max_distance)

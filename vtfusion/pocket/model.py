@@ -32,7 +32,17 @@ POCKET_CLIP_CONFIG: dict[str, Any] = {
 CONTEXT_LENGTH: int = POCKET_CLIP_CONFIG["text_cfg"]["context_length"]
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Released weights, by the name ``BackboneConfig.weights`` uses.
-RELEASES: dict[str, str] = {"pocket-v1": "pocket_clip_v1"}
+RELEASES: dict[str, str] = {"pocket-v1": "pocket_clip_v1", "pocket-v2": "pocket_clip_v2"}
+#: How VTFusion reads each release, chosen on the toy validation split by
+#: ``bench/choose_layers.py``: the blocks whose tokens it takes, and the text branch's
+#: prompt preset and softmax temperature (:class:`vtfusion.model.ate.ATEConfig`). pocket-v2
+#: learnt a temperature of 13.6 on "a photo of a {flawless, damaged} <noun>.", and only its
+#: last blocks were trained to meet the text, so CLIP's 100, April-GAN's prompt ensemble and
+#: early blocks all blunt its text map. :func:`vtfusion.config.with_pocket_backbone` applies it.
+READING: dict[str, dict[str, Any]] = {
+    "pocket-v1": {"layers": (1, 2, 3, 4), "prompts": "ensemble", "logit_scale": 100.0},
+    "pocket-v2": {"layers": (6,), "prompts": "paper", "logit_scale": 14.0},
+}
 DESCRIPTION = "pocket CLIP, pre-trained by this project on generated images (not the paper's CLIP)"
 
 
