@@ -4,7 +4,7 @@ VTFusion reads the residual stream after L = 4 blocks. The paper's ViT-B takes b
 3, 6, 9 and 12 of 12; the pocket CLIP has 6. Each candidate set is scored by the
 training-free patch-kNN (:func:`vtfusion.validation.validate_patch_knn`) on the ``val``
 split with the selection rule of the recipe study (mean of image AUROC, pixel AUROC and
-AUPRO), and the best set becomes the quick profile's ``BackboneConfig.layers``. The
+AUPRO); the best set goes into ``vtfusion.pocket.model.READING``. The
 untrained text map (zero-shot CLIP, :func:`vtfusion.evaluate.run_zero_shot_cell`) is
 scored on the same split for each prompt preset (``--prompts``) and softmax temperature
 (``--logit-scales``; ``ATEConfig.logit_scale``): CLIP's ``ln_post`` and ``proj`` only fit
