@@ -19,7 +19,6 @@ writes ``runs/bench/pocket_layers.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -31,11 +30,11 @@ from benchutil import environment  # noqa: E402
 
 from vtfusion.backbone import build_backbone  # noqa: E402
 from vtfusion.cache import FeatureCache  # noqa: E402
-from vtfusion.config import BackboneConfig, get_profile  # noqa: E402
+from vtfusion.config import BackboneConfig, get_profile, with_text_reading  # noqa: E402
 from vtfusion.data.categories import categories  # noqa: E402
 from vtfusion.evaluate import run_zero_shot_cell  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
-from vtfusion.prompts import PRESETS, PromptConfig  # noqa: E402
+from vtfusion.prompts import PRESETS  # noqa: E402
 from vtfusion.validation import selection_score, summarize, validate_patch_knn  # noqa: E402
 from vtfusion.viz import format_table  # noqa: E402
 
@@ -48,8 +47,7 @@ def zero_shot_rows(cfg, backbone, cache, presets: list[str], scales: list[float]
     rows = []
     for preset in presets:
         for scale in scales:
-            ate = dataclasses.replace(cfg.model.ate, prompts=PromptConfig(preset), logit_scale=scale)
-            c = cfg.replace(model=dataclasses.replace(cfg.model, ate=ate))
+            c = with_text_reading(cfg, preset, scale)
             summary = summarize([run_zero_shot_cell(c, "toy", cat, results_root="runs/selection/layers",
                                                     backbone=backbone, cache=cache, split="val")
                                  for cat in categories("toy")])

@@ -5,6 +5,7 @@ schema, gradients reaching only the prompts, and a run through ``reproduce``."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -158,6 +159,17 @@ def test_learnable_prompts_get_gradients_while_clip_stays_frozen(backbone):
     assert "prompts.normal_ctx" in model.state_dict() and not any(k.startswith("backbone") for k in model.state_dict())
     out = model.forward_tokens(backbone(torch.rand(1, 3, 240, 240)))
     assert out["final"].shape == (1, 15, 15) and ((out["final"] >= 0) & (out["final"] <= 1)).all()
+
+
+def test_too_few_token_levels_is_a_clear_error_not_an_index_error():
+    from helpers import TINY
+    from vtfusion.backbone import build_backbone
+
+    one_level = build_backbone(dataclasses.replace(TINY, layers=(4,)))
+    with pytest.raises(ValueError, match=r"levels \(-1, -2, -1\).*gives 1.*memory_levels=\(-1,\)"):
+        FineGrainedAD(one_level, load_captions("toy", "washer"), FineGrainedADConfig())
+    model = FineGrainedAD(one_level, load_captions("toy", "washer"), FineGrainedADConfig(memory_levels=(-1,)))
+    assert model.memory.shape[0] == 1
 
 
 # -- a quick-profile run through reproduce ----------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 import re
 from html.parser import HTMLParser
@@ -174,3 +175,22 @@ def test_reproduce_writes_markdown_and_csv_beside_its_summary(monkeypatch, tmp_p
     records = list(csv.DictReader(open(table_csv)))
     assert {r["k"] for r in records} == {"2", "4"} and {r["metric"] for r in records} == set(tables.METRIC_LABELS)
     assert str(md) in capsys.readouterr().out
+
+
+def test_bench_table_prints_a_dash_for_a_metric_a_row_lacks(tmp_path, monkeypatch):
+    from vtfusion import paths
+    from vtfusion.viz import bench_table
+
+    folder = tmp_path / "bench" / "results" / "2026-01-01-test"
+    folder.mkdir(parents=True)
+    summaries = [{"row": "full/pocket", "k": "all", "pixel_auroc": 0.8, "pixel_auroc_std": 0.01,
+                  "text_pixel_auroc": 0.4, "text_pixel_auroc_std": 0.02},
+                 {"row": "patch_knn/pocket", "k": "all", "pixel_auroc": 0.7, "pixel_auroc_std": 0.0}]
+    (folder / "demo.json").write_text(json.dumps({"summaries": summaries}))
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    lines = bench_table("demo", metrics=("pixel_auroc", "text_pixel_auroc")).splitlines()
+    assert lines[0].startswith("bench/results/2026-01-01-test/demo.json")
+    knn = next(line for line in lines if line.startswith("patch_knn/pocket")).split()
+    full = next(line for line in lines if line.startswith("full/pocket"))
+    assert knn[-1] == "-" and "70.0" in knn
+    assert "40.0 +- 2.0" in full

@@ -280,9 +280,14 @@ def with_pocket_backbone(cfg: ExperimentConfig, name: str = "pocket-v2") -> Expe
         raise ValueError(f"unknown pocket CLIP release {name!r}; released: {', '.join(READING)}")
     reading = READING[name]
     backbone = dataclasses.replace(cfg.backbone, arch="pocket", weights=name, layers=tuple(reading["layers"]))
-    ate = dataclasses.replace(cfg.model.ate, prompts=PromptConfig(reading["prompts"]),
-                              logit_scale=reading["logit_scale"])
-    return cfg.replace(backbone=backbone, model=dataclasses.replace(cfg.model, ate=ate))
+    return with_text_reading(cfg.replace(backbone=backbone), reading["prompts"], reading["logit_scale"])
+
+
+def with_text_reading(cfg: ExperimentConfig, prompts: str, logit_scale: float) -> ExperimentConfig:
+    """``cfg`` with the text encoder (ATE) read through the prompt preset ``prompts`` at the
+    softmax temperature ``logit_scale`` (Eq. 6); everything else unchanged."""
+    ate = dataclasses.replace(cfg.model.ate, prompts=PromptConfig(prompts), logit_scale=logit_scale)
+    return cfg.replace(model=dataclasses.replace(cfg.model, ate=ate))
 
 
 def paper_requirements() -> dict[str, bool]:

@@ -244,6 +244,13 @@ def latest_bench_result(name: str) -> tuple[dict, str] | None:
     return json.loads(found[-1].read_text()), found[-1].parent.name
 
 
+def _percent(summary: dict, metric: str) -> str:
+    """``summary[metric]`` as "mean +- std" in %, or "-" for a metric the row has no value of."""
+    if summary.get(metric) is None:
+        return "-"
+    return f"{100 * summary[metric]:.1f} +- {100 * summary.get(metric + '_std', 0.0):.1f}"
+
+
 def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_auroc", "aupro"),
                 costs: bool = False) -> str:
     """A committed grid benchmark (``bench_pocket``, ``bench_recipe``, ``bench_baselines``) as a text
@@ -251,6 +258,7 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
 
     Each row says its backbone; the header names the result folder (date and machine).
     ``costs``: add the rows' ``ms/image`` and ``s/category`` (``bench_baselines`` records them).
+    A metric a row has no value of (the text map of a vision-only row) prints as "-".
     """
     found = latest_bench_result(name)
     if found is None:
@@ -261,7 +269,7 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
     for part, summaries in groups.items():
         rows = [s for s in summaries if s["k"] == k or k == "any"]
         cost_cols = ("ms/image", "s/category") if costs else ()
-        body = format_table([(s["row"], s["k"], *[f"{100 * s[m]:.1f} +- {100 * s[m + '_std']:.1f}" for m in metrics],
+        body = format_table([(s["row"], s["k"], *[_percent(s, m) for m in metrics],
                               *((f"{1000 * s['seconds_per_image']:.1f}", f"{s['category_seconds']:.1f}")
                                 if costs else ()))
                              for s in rows], ("method/backbone", "k", *metrics, *cost_cols))

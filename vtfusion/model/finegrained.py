@@ -558,6 +558,12 @@ class FineGrainedAD(nn.Module):
     def __init__(self, backbone: nn.Module, captions: CategoryCaptions, cfg: FineGrainedADConfig,
                  seed: int = 0) -> None:
         super().__init__()
+        levels = backbone.num_levels
+        wanted = (cfg.text_level, *cfg.memory_levels)
+        if any(not -levels <= lv < levels for lv in wanted):
+            raise ValueError(f"FineGrainedADConfig reads token levels {wanted} (text_level, memory_levels), but the "
+                             f"backbone gives {levels} (BackboneConfig.layers={tuple(backbone.layers)}): read more "
+                             f"blocks, e.g. --layers with two or more, or set memory_levels=(-1,)")
         self.__dict__["backbone"] = backbone
         self.cfg = cfg
         self.captions = captions
