@@ -10,11 +10,14 @@ training-free patch-kNN (:mod:`vtfusion.patch_knn`, one level at a time) on the 
 * blocks 1..depth: the residual stream after each transformer block;
 
 each as is and, with ``centred``, minus the image's mean token (is a shared, image-wide
-component what hides local defects?). Validation data only::
+component what hides local defects?). With ``--attention self`` the blocks also run with
+every token attending to itself only (no mixing between patches; the values, projections
+and MLPs as trained): does the detail go in the mixing, or in each token's own
+transform? Validation data only::
 
     .venv/bin/python bench/pocket_locality.py
 
-writes ``runs/bench/pocket_locality.json`` (about 1 minute on 2 cores).
+writes ``runs/bench/pocket_locality.json`` (about 2 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import environment  # noqa: E402
@@ -44,8 +48,30 @@ BACKBONES = {"tiny": BackboneConfig(arch="tiny", weights="random", layers=(1,)),
              "pocket-v2": BackboneConfig(arch="pocket", weights="pocket-v2", layers=(1,))}
 
 
+ATTENTION = ("trained", "self", "vv", "kk")
+
+
+def block_forward(block: nn.Module, z: torch.Tensor, attention: str) -> torch.Tensor:
+    """One open_clip ``ResidualAttentionBlock`` on ``B x N x D`` tokens, with its attention
+    weights as trained or replaced: ``self``, the identity (each token reads its own value);
+    ``vv`` / ``kk``, softmax of value-value / key-key similarity per head (the self-similar
+    attention that CLIP Surgery- and AnomalyCLIP-style readings give real CLIP)."""
+    if attention == "trained":
+        return block(z)
+    attn = block.attn
+    q, k, v = F.linear(block.ln_1(z), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if attention != "self":
+        b, n, d = v.shape
+        heads = [t.reshape(b, n, attn.num_heads, -1).transpose(1, 2) for t in (k, v)]
+        key = heads[1] if attention == "vv" else heads[0]
+        v = F.scaled_dot_product_attention(key, key, heads[1]).transpose(1, 2).reshape(b, n, d)
+    z = z + block.ls_1(attn.out_proj(v))
+    return z + block.ls_2(block.mlp(block.ln_2(z)))
+
+
 @torch.no_grad()
-def tokens_per_block(backbone: FrozenCLIP, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def tokens_per_block(backbone: FrozenCLIP, images: torch.Tensor, attention: str = "trained",
+                     batch_size: int = 32) -> torch.Tensor:
     """Patch tokens before the first block and after every block: ``B x 3 x S x S`` ->
     ``(depth + 1) x B x h x w x D`` (open_clip ``VisionTransformer``, class token dropped)."""
     visual, (h, w) = backbone.clip.visual, backbone.grid_size
@@ -57,7 +83,7 @@ def tokens_per_block(backbone: FrozenCLIP, images: torch.Tensor, batch_size: int
         z = visual.ln_pre(torch.cat([cls, patches], 1) + visual.positional_embedding)
         levels = [z[:, 1:]]
         for block in visual.transformer.resblocks:
-            z = block(z)
+            z = block_forward(block, z, attention)
             levels.append(z[:, 1:])
         out.append(torch.stack(levels))
     t = torch.cat(out, 1)
@@ -88,15 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     p.add_argument("--shots", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--attention", nargs="+", default=["trained", "self"], choices=ATTENTION,
+                   help="attention weights of the blocks: as trained, or replaced (block_forward)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_locality.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    scores: dict[tuple[str, str, bool], list[tuple[float, float]]] = {}
-    for name in ["pixels", *args.backbones]:
+    scores: dict[tuple[str, str, str, bool], list[tuple[float, float]]] = {}
+    variants = [("pixels", "-")] + [(b, a) for b in args.backbones for a in args.attention]
+    for name, attention in variants:
         backbone = None if name == "pixels" else build_backbone(BACKBONES[name]).eval()
-        encode = pixel_patches if backbone is None else (lambda x, b=backbone: tokens_per_block(b, x))
+        encode = (pixel_patches if backbone is None
+                  else (lambda x, b=backbone, a=attention: tokens_per_block(b, x, a)))
         for category in categories("toy"):
             val = load_dataset("toy", category, "val", image_size=240)
             samples = [val[i] for i in range(len(val))]
@@ -111,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
                         d = knn_map(shots[block], test[block], centred)
                         m = F.interpolate(d, size=masks.shape[-1], mode="bilinear", align_corners=False)[:, 0]
                         r = evaluate_maps(m, masks, labels, image_scores=m.flatten(1).amax(1))
-                        key = (name, "-" if name == "pixels" else str(block), centred)
+                        key = (name, attention, "-" if name == "pixels" else str(block), centred)
                         scores.setdefault(key, []).append((r["image_auroc"], r["pixel_auroc"]))
-        print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
-    rows = [{"backbone": n, "block": b, "centred": c, "cells": len(v),
+        print(f"{name}, attention {attention}: {time.perf_counter() - start:.0f}s", flush=True)
+    rows = [{"backbone": n, "attention": a, "block": b, "centred": c, "cells": len(v),
              "image_auroc": sum(x[0] for x in v) / len(v), "pixel_auroc": sum(x[1] for x in v) / len(v)}
-            for (n, b, c), v in scores.items()]
-    print(format_table([(r["backbone"], r["block"], "yes" if r["centred"] else "no", f"{r['image_auroc']:.3f}",
-                         f"{r['pixel_auroc']:.3f}") for r in rows],
-                       ("tokens", "block", "centred", "image AUROC", "pixel AUROC")))
+            for (n, a, b, c), v in scores.items()]
+    print(format_table([(r["backbone"], r["attention"], r["block"], "yes" if r["centred"] else "no",
+                         f"{r['image_auroc']:.3f}", f"{r['pixel_auroc']:.3f}") for r in rows],
+                       ("tokens", "attention", "block", "centred", "image AUROC", "pixel AUROC")))
     atomic_write_json(args.out, {"split": "val", "shots": args.shots, "seeds": args.seeds, "rows": rows,
                                  "seconds": time.perf_counter() - start,
                                  "command": " ".join(["bench/pocket_locality.py",
