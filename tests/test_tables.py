@@ -194,3 +194,16 @@ def test_bench_table_prints_a_dash_for_a_metric_a_row_lacks(tmp_path, monkeypatc
     full = next(line for line in lines if line.startswith("full/pocket"))
     assert knn[-1] == "-" and "70.0" in knn
     assert "40.0 +- 2.0" in full
+
+
+def test_latest_bench_result_orders_session_suffixes_as_numbers(tmp_path, monkeypatch):
+    from vtfusion import paths
+    from vtfusion.viz import latest_bench_result
+
+    for folder in ("2026-01-01-cpu", "2026-01-01-cpu-s9", "2026-01-01-cpu-s10", "2025-12-31-cpu-s99"):
+        (tmp_path / "bench" / "results" / folder).mkdir(parents=True)
+        (tmp_path / "bench" / "results" / folder / "demo.json").write_text(json.dumps({"from": folder}))
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    record, folder = latest_bench_result("demo")
+    assert folder == "2026-01-01-cpu-s10" and record == {"from": folder}
+    assert latest_bench_result("absent") is None

@@ -9,6 +9,7 @@ masks ``1 x H x W``) and return the matplotlib figure so notebooks can save it.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from typing import Sequence
 
@@ -236,9 +237,17 @@ def pipeline_figure(width: float = 11.0):
     return fig
 
 
+def _natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside ``text`` by value (``s9`` before ``s10``)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
 def latest_bench_result(name: str) -> tuple[dict, str] | None:
-    """The newest committed benchmark result ``bench/results/<date>-<machine>/<name>.json`` and its folder."""
-    found = sorted((paths.PROJECT_ROOT / "bench" / "results").glob(f"*/{name}.json"))
+    """The newest committed benchmark result ``bench/results/<date>-<machine>/<name>.json`` and its folder.
+
+    Folders are ordered by date, then by session suffix as a number (``...-s9`` before ``...-s10``)."""
+    found = sorted((paths.PROJECT_ROOT / "bench" / "results").glob(f"*/{name}.json"),
+                   key=lambda path: _natural_key(path.parent.name))
     if not found:
         return None
     return json.loads(found[-1].read_text()), found[-1].parent.name
