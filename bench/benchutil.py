@@ -196,6 +196,7 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
     from vtfusion.backbone import build_backbone
     from vtfusion.cache import FeatureCache
     from vtfusion.evaluate import run_cell, run_patch_knn_cell, run_zero_shot_cell
+    from vtfusion.train import resolve_device as train_device
     from vtfusion.validation import summarize
 
     cache = FeatureCache.from_env()
@@ -204,7 +205,8 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
     for row in rows:
         key = json.dumps(dataclasses.asdict(row.config.backbone), sort_keys=True)
         if key not in backbones:
-            backbones[key] = build_backbone(row.config.backbone, seed=0)
+            # on the device the cells train on, so every row reads the same cached tokens
+            backbones[key] = build_backbone(row.config.backbone, seed=0).to(train_device(row.config.train.device))
         bb = backbones[key]
         results = []
         start = time.perf_counter()

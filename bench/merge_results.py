@@ -5,6 +5,9 @@ where ``k`` is a number of shots or ``"all"`` (the summary over the input's k). 
 merged in the order of the inputs; a (``row``, ``k``) pair given by a later input replaces
 an earlier one, and the merged file says which input each part's rows came from.
 
+``--whole-parts``: a part given by a later input replaces that part wholly (a rerun of the
+part with more seeds, say), so its rows never mix with the earlier input's.
+
 An ``"all"`` row summarises the cells of its own input only: where a part takes rows from
 more than one input, it would no longer summarise the merged k, so each such row is kept
 with ``k`` relabelled to the k it does cover (e.g. ``"all of 1, 2, 4"``), and a ``"all"``
@@ -28,13 +31,18 @@ def _covered_k(rows: list[dict]) -> list:
     return sorted({r["k"] for r in rows if r["k"] != "all"})
 
 
-def merge(records: list[tuple[str, dict]]) -> dict:
-    """Merge ``(name, record)`` pairs into one record with ``parts``, ``merged_from`` and ``sources``."""
+def merge(records: list[tuple[str, dict]], whole_parts: bool = False) -> dict:
+    """Merge ``(name, record)`` pairs into one record with ``parts``, ``merged_from`` and ``sources``.
+
+    ``whole_parts``: a later input's part replaces the earlier inputs' rows of that part wholly."""
     parts: dict[str, dict[tuple, dict]] = {}  # part -> (row, k) or (row, 'all', covered k) -> summary
     sources: dict[str, list[str]] = {}
     for name, record in records:
         for part, rows in record.get("parts", {}).items():
             covered = _covered_k(rows)
+            if whole_parts:
+                parts.pop(part, None)
+                sources.pop(part, None)
             merged = parts.setdefault(part, {})
             sources.setdefault(part, []).append(name)
             for row in rows:
@@ -68,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("inputs", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--note", default=None, help="a sentence kept in the merged file")
+    p.add_argument("--whole-parts", action="store_true",
+                   help="a part given by a later input replaces that part of the earlier ones wholly")
     args = p.parse_args(argv)
     for path in args.inputs:
         if not path.is_file():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
-    record = merge([(str(path), json.loads(path.read_text())) for path in args.inputs])
+    record = merge([(str(path), json.loads(path.read_text())) for path in args.inputs], args.whole_parts)
     if args.note:
         record["note"] = args.note
     atomic_write_json(args.out, record)

@@ -27,6 +27,15 @@ def test_a_part_from_two_inputs_relabels_its_summaries_and_later_inputs_win():
     assert [m["argv"] for m in out["merged_from"]] == [["a"], ["b"]]
 
 
+def test_whole_parts_replace_an_earlier_part_instead_of_mixing_rows():
+    old = {"parts": {"real/tire": rows("knn", [2, 4], 0.5) + rows("paper", [2], 0.4), "toy/tiny": rows("knn", [1], 0.7)}}
+    new = {"parts": {"real/tire": rows("knn", [2, 4], 0.6)}}
+    out = merge([("old.json", old), ("new.json", new)], whole_parts=True)
+    tire = {(r["row"], r["k"]): r["image_auroc"] for r in out["parts"]["real/tire"]}
+    assert tire == {("knn", 2): 0.6, ("knn", 4): 0.6, ("knn", "all"): 0.6}  # no paper rows, "all" kept
+    assert out["sources"] == {"real/tire": ["new.json"], "toy/tiny": ["old.json"]}
+
+
 def test_pocket_targets_compare_the_named_pocket_backbone_with_tiny_and_skip_rows_that_did_not_run():
     from bench_pocket import targets
 

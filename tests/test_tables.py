@@ -207,3 +207,28 @@ def test_latest_bench_result_orders_session_suffixes_as_numbers(tmp_path, monkey
     record, folder = latest_bench_result("demo")
     assert folder == "2026-01-01-cpu-s10" and record == {"from": folder}
     assert latest_bench_result("absent") is None
+
+
+def test_gpu_costs_table_reads_a_gpu_session_and_says_when_there_is_none(tmp_path, monkeypatch):
+    from vtfusion import paths
+    from vtfusion.viz import gpu_costs_table
+
+    monkeypatch.setattr(paths, "PROJECT_ROOT", tmp_path)
+    assert gpu_costs_table().startswith("no committed GPU session yet")
+    folder = tmp_path / "bench" / "results" / "2026-01-01-some-gpu"
+    folder.mkdir(parents=True)
+    for precision, seconds in (("fp32", 0.04), ("bf16", 0.01)):
+        (folder / f"forward_{precision}.json").write_text(json.dumps(
+            {"batch": 32, "seconds": {"backbone": {"mean": seconds}}}))
+    (folder / "precision.json").write_text(json.dumps(
+        {"map_max_abs_diff": 1e-3, "images": 28, "metric_change": {"image_auroc": 0.0, "aupro": -0.001}}))
+    (folder / "train.json").write_text(json.dumps(
+        {"iterations_per_s": 20.0, "full_category_s": 50.0, "full_iterations": 1000,
+         "split_s": {"das": 0.01, "backbone": 0.005, "heads": 0.035}, "environment": {"gpu": "Some GPU"}}))
+    pair = {"param_max_abs_diff": 0.0, "seconds_per_run": 4.0}
+    (folder / "cuda_determinism.json").write_text(json.dumps(
+        {"pairs": {"deterministic": pair, "default": {**pair, "param_max_abs_diff": 0.002}}}))
+    text = gpu_costs_table()
+    assert text.startswith("bench/results/2026-01-01-some-gpu (Some GPU;")
+    assert "1.25 ms/image (batch 32)" in text and "0.31 ms/image (4.0x)" in text
+    assert "aupro -0.100" in text and "50 s per category" in text and "2.0e-03" in text

@@ -95,6 +95,24 @@ def test_training_is_deterministic_on_cpu(shots, backbone):
                                                 progress=False).history] != runs[0]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_deterministic_switch_repeats_cuda_training(shots):
+    """TrainConfig.deterministic: two CUDA runs give the same parameters, bit for bit (the
+    MPF's pooling and resizing take their matrix form, whose backward has no atomics)."""
+    from helpers import TINY
+    from vtfusion.backbone import build_backbone
+
+    cfg = quick_config(5)
+    cfg = cfg.replace(train=dataclasses.replace(cfg.train, device="cuda", deterministic=True))
+    backbone = build_backbone(TINY)  # its own: the module's fixture stays on the CPU
+    runs = []
+    for _ in range(2):
+        model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cuda")
+        train_vtfusion(model, shots, cfg, "toy", "washer", progress=False)
+        runs.append([p.detach().cpu() for p in model.parameters() if p.requires_grad])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def test_checkpoint_round_trip_gives_identical_maps(shots, backbone, tmp_path):
     cfg = quick_config(2)
     model = build_model(cfg, dataset="toy", category="washer", backbone=backbone, device="cpu")

@@ -226,20 +226,21 @@ def train_vtfusion(model: VTFusion, shots: torch.Tensor, cfg: ExperimentConfig, 
     gen = torch.Generator(device=device).manual_seed(tc.seed)
     selector = AnomalyTypeSelector.from_config(cfg.das)
     texture = category_info(dataset, category).texture if dataset != "folder" else False
-    foreground = category_foreground(shots, dataset, category, cfg.das.foreground)
-    shot_tokens = model.backbone(shots)  # computed once: the shots never change
-    if model.uses_vision:
-        model.build_prototypes(shot_tokens)
-    leave_one_out = tc.leave_one_out and k >= 2 and model.uses_vision
-    if tc.leave_one_out and not leave_one_out and model.uses_vision:
-        warnings.warn(f"TrainConfig.leave_one_out needs k >= 2 shots (k = {k}): training without it",
-                      RuntimeWarning, stacklevel=2)
-    exclude = torch.arange(k, device=device) if leave_one_out else None
-    optimiser, schedule = make_optimiser(model, cfg)
-    result = TrainResult(leave_one_out=leave_one_out)
-    bar = _progress(tc.iterations, progress, f"train {dataset}/{category} k={k}")
-    start = time.perf_counter()
+    # from the first CUDA work on, so cuBLAS reads its deterministic workspace setting
     with deterministic_algorithms(tc.deterministic):
+        foreground = category_foreground(shots, dataset, category, cfg.das.foreground)
+        shot_tokens = model.backbone(shots)  # computed once: the shots never change
+        if model.uses_vision:
+            model.build_prototypes(shot_tokens)
+        leave_one_out = tc.leave_one_out and k >= 2 and model.uses_vision
+        if tc.leave_one_out and not leave_one_out and model.uses_vision:
+            warnings.warn(f"TrainConfig.leave_one_out needs k >= 2 shots (k = {k}): training without it",
+                          RuntimeWarning, stacklevel=2)
+        exclude = torch.arange(k, device=device) if leave_one_out else None
+        optimiser, schedule = make_optimiser(model, cfg)
+        result = TrainResult(leave_one_out=leave_one_out)
+        bar = _progress(tc.iterations, progress, f"train {dataset}/{category} k={k}")
+        start = time.perf_counter()
         if monitor is not None:
             result.monitor.append(_run_monitor(model, monitor, 0))
         model.train()

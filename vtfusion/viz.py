@@ -286,6 +286,47 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
     return f"bench/results/{folder}/{name}.json (mean +- std over shot seeds, %)\n" + "\n\n".join(lines)
 
 
+GPU_SESSION_FILES = ("forward_fp32", "forward_bf16", "train", "precision", "cuda_determinism")
+"""The results ``bench/gpu_session.sh`` writes, read by :func:`gpu_costs_table`."""
+
+
+def gpu_costs_table() -> str:
+    """What the paper profile costs on a GPU, from the newest committed ``bench/gpu_session.sh`` run.
+
+    Rows: the frozen ViT-B-16-plus-240's forward per image in fp32 and bf16 (batch 32), how
+    far bf16 moves the final maps and metrics, one category's training time (Algorithm 1,
+    1000 iterations, extrapolated) and what the deterministic-CUDA switch costs and buys.
+    """
+    found = {name: latest_bench_result(name) for name in GPU_SESSION_FILES}
+    if any(v is None for v in found.values()):
+        return "no committed GPU session yet (bench/gpu_session.sh on a GPU, results in bench/results/)"
+    r = {name: v[0] for name, v in found.items()}
+    fp32, bf16 = r["forward_fp32"], r["forward_bf16"]
+    per_image = {p: 1000 * r[f"forward_{p}"]["seconds"]["backbone"]["mean"] / r[f"forward_{p}"]["batch"]
+                 for p in ("fp32", "bf16")}
+    change = r["precision"]["metric_change"]
+    train, det = r["train"], r["cuda_determinism"]["pairs"]
+    rows = [
+        ("backbone forward, fp32", f"{per_image['fp32']:.2f} ms/image (batch {fp32['batch']})"),
+        ("backbone forward, bf16", f"{per_image['bf16']:.2f} ms/image ({per_image['fp32'] / per_image['bf16']:.1f}x)"),
+        ("bf16 - fp32, final maps", f"max |diff| {r['precision']['map_max_abs_diff']:.1e} "
+                                    f"({r['precision']['images']} toy test images)"),
+        ("bf16 - fp32, metrics (points)", ", ".join(f"{k} {100 * v:+.3f}" for k, v in change.items())),
+        ("training, paper profile", f"{train['iterations_per_s']:.1f} it/s; {train['full_category_s']:.0f} s "
+                                    f"per category ({train['full_iterations']} iterations, extrapolated)"),
+        ("  per iteration: DAS / backbone / heads", " / ".join(f"{1000 * train['split_s'][k]:.1f} ms"
+                                                              for k in ("das", "backbone", "heads"))),
+        ("deterministic on: repeat differs by", f"{det['deterministic']['param_max_abs_diff']:.1e} "
+                                                f"({det['deterministic']['seconds_per_run']:.1f} s/run)"),
+        ("deterministic off: repeat differs by", f"{det['default']['param_max_abs_diff']:.1e} "
+                                                 f"({det['default']['seconds_per_run']:.1f} s/run)"),
+    ]
+    folders = sorted({v[1] for v in found.values()})
+    gpu = train.get("environment", {}).get("gpu", "GPU")
+    return (f"bench/results/{', '.join(folders)} ({gpu}; random weights, same compute as the real ones)\n"
+            + format_table(rows, ("quantity", "value")))
+
+
 def training_curves(info: dict, title: str = "", window: int = 10):
     """The training chapter's diagnostics of one run (``info`` as ``train_or_load`` returns it).
 

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vtfusion.model.resample import adaptive_avg_pool2d, resize_bilinear
+
 FUSIONS = ("mpf", "concat")
 FUSION_INPUTS = ("attended", "attention")
 
@@ -172,8 +174,7 @@ class PyramidPooling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(br(F.adaptive_avg_pool2d(x, b)), size=size, mode="bilinear", align_corners=False)
-                  for b, br in zip(self.bins, self.branches)]
+        pooled = [resize_bilinear(br(adaptive_avg_pool2d(x, b)), size) for b, br in zip(self.bins, self.branches)]
         return self.project(torch.cat([x, *pooled], dim=1))
 
 
@@ -204,7 +205,7 @@ class SegmentationNet(nn.Module):
         c3 = self.ppm(self.down2(c2))
         p = self.lateral[2](c3)
         for lat, skip in ((self.lateral[1], c2), (self.lateral[0], c1)):
-            p = lat(skip) + F.interpolate(p, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            p = lat(skip) + resize_bilinear(p, skip.shape[-2:])
         return self.head(self.smooth(p))
 
 
