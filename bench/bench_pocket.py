@@ -30,18 +30,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_recipe import backbone_config, configs, grid_parser  # noqa: E402
-from benchutil import BACKBONES, Row, environment, grid_table, run_grid  # noqa: E402
+from benchutil import BACKBONES, Row, environment, grid_table, quick_config, run_grid  # noqa: E402
 
+from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
 from vtfusion.io import atomic_write_json  # noqa: E402
+from vtfusion.pocket.model import READING  # noqa: E402
 from vtfusion.validation import VALIDATION_SPLIT  # noqa: E402
 
 
 ROWS = ("zero_shot", "patch_knn", "full", "ate_aie", "ate")
 
 
-def rows_for(backbone: str, iterations: int, kinds: tuple[str, ...] = ROWS) -> list[Row]:
-    _, project = configs(backbone_config(backbone), iterations)
+def rows_for(backbone: str, iterations: int, kinds: tuple[str, ...] = ROWS,
+             weights_file: str | None = None) -> list[Row]:
+    """The rows of one backbone; ``weights_file``: pocket weights from a file (a pre-training
+    run's ``checkpoint.pt``), read as pocket-v2 is, under the name ``backbone``."""
+    if weights_file is None:
+        _, project = configs(backbone_config(backbone), iterations)
+    else:
+        file_backbone = BackboneConfig(arch="pocket", weights=weights_file, layers=READING["pocket-v2"]["layers"])
+        project = quick_config(file_backbone, iterations, "project", read_as="pocket-v2")
     out = []
     for kind in kinds:
         if kind in ("zero_shot", "patch_knn"):
@@ -73,17 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     p = grid_parser(__doc__, "pocket", shots=[2, 4])
     p.add_argument("--backbones", nargs="+", default=["pocket", "tiny"],
                    choices=[b for b in BACKBONES if b != "vitb_random"])
+    p.add_argument("--extra", nargs="+", default=[], metavar="NAME=FILE",
+                   help="pocket weights from files (pre-training runs' checkpoint.pt), read as pocket-v2")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     p.add_argument("--split", default="test", choices=("test", VALIDATION_SPLIT),
                    help=f"toy split; '{VALIDATION_SPLIT}' to choose between backbones (default test)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    extra = dict(item.partition("=")[::2] for item in args.extra)
+    for name, path in extra.items():
+        if not path or not Path(path).is_file():
+            p.error(f"--extra {name}={path}: use NAME=FILE with an existing weights file")
     rows = [r for bb in args.backbones for r in rows_for(bb, args.iterations, tuple(args.rows))]
+    rows += [r for name, path in extra.items() for r in rows_for(name, args.iterations, tuple(args.rows), path)]
     summaries = run_grid(rows, "toy", tuple(dataset_categories("toy")), tuple(args.shots), tuple(args.seeds),
                          results_root=args.results, runs_root=args.runs, split=args.split)
     print(grid_table(summaries))
-    checks = {name: c for bb in args.backbones if bb != "tiny" for name, c in targets(summaries, bb).items()}
+    checks = {name: c for bb in [*args.backbones, *extra] if bb != "tiny" for name, c in targets(summaries, bb).items()}
     for name, c in checks.items():
         print(f"{'met    ' if c['met'] else 'NOT MET'} {name}: {c['value']:.3f}")
     atomic_write_json(args.out, {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),

@@ -270,9 +270,12 @@ def cell_costs(cells: list[dict]) -> dict[str, float]:
     return {"fit_seconds": sum(map(fit, cells)) / n, "category_seconds": sum(map(cell, cells)) / n}
 
 
-def quick_config(backbone, iterations: int, recipe: str) -> ExperimentConfig:
+def quick_config(backbone, iterations: int, recipe: str, read_as: str | None = None) -> ExperimentConfig:
     """The quick profile on ``backbone`` (a :class:`~vtfusion.backbone.BackboneConfig`) with
     ``iterations`` training steps and a named recipe (``paper`` or ``project``).
+
+    A pocket release is read as :data:`~vtfusion.pocket.model.READING` says; ``read_as``
+    names the release whose reading a pocket weights *file* (a pre-training run) gets.
 
     The one place the toy benchmarks build VTFusion's config: equal configs have equal
     training hashes, so ``bench_recipe``, ``bench_baselines`` and ``bench_finegrainedad``
@@ -282,6 +285,7 @@ def quick_config(backbone, iterations: int, recipe: str) -> ExperimentConfig:
 
     base = get_profile("quick")
     base = base.replace(backbone=backbone, train=dataclasses.replace(base.train, iterations=iterations))
-    if backbone.arch == "pocket" and backbone.weights in READING:
-        base = with_pocket_backbone(base, backbone.weights).replace(backbone=backbone)
+    reading = read_as or backbone.weights
+    if backbone.arch == "pocket" and reading in READING:
+        base = with_pocket_backbone(base, reading).replace(backbone=backbone)
     return apply_recipe(base, recipe)

@@ -116,15 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--attention", nargs="+", default=["trained", "self"], choices=ATTENTION,
                    help="attention weights of the blocks: as trained, or replaced (block_forward)")
+    p.add_argument("--extra", nargs="+", default=[], metavar="NAME=FILE",
+                   help="more pocket weights to compare, e.g. a pre-training run's checkpoint.pt")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_locality.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    backbones = dict(BACKBONES)
+    for item in args.extra:
+        name, _, path = item.partition("=")
+        if not path or not Path(path).is_file():
+            p.error(f"--extra {item!r}: use NAME=FILE with an existing weights file")
+        backbones[name] = BackboneConfig(arch="pocket", weights=path, layers=(1,))
     start = time.perf_counter()
     scores: dict[tuple[str, str, str, bool], list[tuple[float, float]]] = {}
-    variants = [("pixels", "-")] + [(b, a) for b in args.backbones for a in args.attention]
+    names = [*args.backbones, *(item.partition("=")[0] for item in args.extra)]
+    variants = [("pixels", "-")] + [(b, a) for b in names for a in args.attention]
     for name, attention in variants:
-        backbone = None if name == "pixels" else build_backbone(BACKBONES[name]).eval()
+        backbone = None if name == "pixels" else build_backbone(backbones[name]).eval()
         encode = (pixel_patches if backbone is None
                   else (lambda x, b=backbone, a=attention: tokens_per_block(b, x, a)))
         for category in categories("toy"):

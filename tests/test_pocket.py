@@ -267,3 +267,37 @@ def test_the_text_tower_reads_the_patches_as_flawless_minus_damaged_at_clip_temp
     assert PretrainConfig(mask_loss_weight=1.0, mask_head="text").recipe()["mask_head"] == "text"
     with pytest.raises(ValueError, match="mask_head"):
         PretrainConfig(mask_head="conv")
+
+
+def test_patch_reconstruction_loss_targets_each_tokens_own_patch():
+    """A decoder that copies each token (holding its patch's normalised pixels) back has zero
+    loss; shuffling the tokens across positions makes it large."""
+    from vtfusion.pocket.pretrain import normalise, patch_reconstruction_loss
+
+    images = torch.rand(2, 3, 32, 32)
+    patches = torch.nn.functional.unfold(normalise(images), 16, stride=16).transpose(1, 2)  # 2 x 4 x 768
+    head = torch.nn.Linear(768, 768)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(768))
+        head.bias.zero_()
+    assert float(patch_reconstruction_loss(patches, head, images)) < 1e-10
+    assert float(patch_reconstruction_loss(patches[:, [1, 0, 3, 2]], head, images)) > 0.05
+
+
+def test_recon_loss_and_init_are_recorded_and_neutral_at_their_defaults(tmp_path):
+    from vtfusion.pocket.model import load_released
+    from vtfusion.pocket.pretrain import PretrainConfig, pretrain
+
+    assert not {"recon_weight", "init"} & set(PretrainConfig().recipe())  # released recipes unchanged
+    with pytest.raises(ValueError, match="recon_weight"):
+        PretrainConfig(recon_weight=-1)
+    with pytest.raises(ValueError, match="init"):
+        PretrainConfig(init="pocket-v9")
+    cfg = PretrainConfig(steps=2, batch_size=4, lr=1e-9, warmup=1, val_every=100, val_batches=1, checkpoint_every=2,
+                         families=("plastic_sheet",), recon_weight=1.0, init="pocket-v2")
+    state = pretrain(tmp_path / "run", cfg, progress=False)
+    assert all(0 < h["recon_loss"] < 10 for h in state.history)
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["recipe"]["init"] == "pocket-v2" and set(payload["recon_head"]) == {"weight", "bias"}
+    start = load_released("pocket-v2").state_dict()  # a tiny learning rate: still the release's weights
+    assert all(torch.allclose(payload["model"][k], v, atol=1e-3) for k, v in start.items())

@@ -459,9 +459,11 @@ def reproduce_datasets(cfg, requested: str | None) -> tuple[str, str]:
 def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
     from vtfusion.pocket.pretrain import PretrainConfig, pretrain  # local: light CLI
 
-    cfg = PretrainConfig(**({"steps": args.steps} if args.steps else {}), seed=args.seed, threads=args.threads,
+    given = {name: getattr(args, name) for name in ("steps", "lr", "warmup") if getattr(args, name) is not None}
+    cfg = PretrainConfig(**given, seed=args.seed, threads=args.threads,
                          single_family_share=args.single_family_share, val_batches=args.val_batches,
-                         mask_loss_weight=args.mask_loss_weight, mask_head=args.mask_head)
+                         mask_loss_weight=args.mask_loss_weight, mask_head=args.mask_head,
+                         recon_weight=args.recon_weight, init="" if args.init == "random" else args.init)
     state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
     last = state.validation[-1]
     print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
@@ -699,6 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the auxiliary per-patch damage loss (default 0, the released recipe)")
     p.add_argument("--mask-head", default="linear", choices=("linear", "text"),
                    help="what reads the patches for the damage loss: a linear head, or the text tower's prompts")
+    p.add_argument("--recon-weight", type=float, default=0.0,
+                   help="weight of the auxiliary per-patch pixel reconstruction loss (default 0, the released recipe)")
+    p.add_argument("--init", default="random", choices=("random", "pocket-v1", "pocket-v2"),
+                   help="start from a random init (default) or continue from a released pocket CLIP")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1.5e-3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: the recipe's 150)")
     p.add_argument("--val-batches", type=int, default=2, help="validation batches of each family group (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pocket_pretrain, outputs=("out",))

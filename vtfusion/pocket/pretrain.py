@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from vtfusion.backbone import CLIP_MEAN, CLIP_STD
 from vtfusion.io import atomic_write, atomic_write_json
 from vtfusion.metrics import auroc
-from vtfusion.pocket.model import POCKET_CLIP_CONFIG, build_pocket_clip, pocket_tokenizer
+from vtfusion.pocket.model import RELEASES, POCKET_CLIP_CONFIG, build_pocket_clip, load_released, pocket_tokenizer
 from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, sample_batch
 
 CHECKPOINT_FORMAT = "vtfusion-pocket-pretrain-1"
@@ -88,6 +88,14 @@ class PretrainConfig:
             head of its own the image tower learnt damaged patches (head AUROC 0.79 on the
             training families, 0.71 held out, after 1200 steps) while the text tower never
             named them (patch zero-shot 0.52 held out).
+        recon_weight: weight of an auxiliary per-patch pixel reconstruction loss
+            (:func:`patch_reconstruction_loss`) **[choice, a departure from CLIP]**: a linear
+            decoder, dropped at release, reads each output patch token of the image tower and
+            must give back that patch's normalised pixels, so the tokens cannot discard the
+            local detail that nearest-neighbour matching needs (pocket-v1 and v2 lose it in
+            their first block: ``bench/pocket_locality.py``). 0 leaves the recipe as it was.
+        init: ``""`` for a seeded random initialisation, or the name of a released pocket
+            CLIP (``pocket-v2``) whose weights the run continues from **[choice]**.
     """
 
     steps: int = 2600
@@ -106,6 +114,8 @@ class PretrainConfig:
     single_family_share: float = 0.0
     mask_loss_weight: float = 0.0
     mask_head: str = "linear"
+    recon_weight: float = 0.0
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2:
@@ -114,6 +124,10 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.single_family_share={self.single_family_share} must lie in [0, 1]")
         if self.mask_loss_weight < 0:
             raise ValueError(f"PretrainConfig.mask_loss_weight={self.mask_loss_weight} must be >= 0")
+        if self.recon_weight < 0:
+            raise ValueError(f"PretrainConfig.recon_weight={self.recon_weight} must be >= 0")
+        if self.init and self.init not in RELEASES:
+            raise ValueError(f"PretrainConfig.init={self.init!r}: use '' (random) or one of {', '.join(RELEASES)}")
         if self.mask_head not in MASK_HEADS:
             raise ValueError(f"PretrainConfig.mask_head={self.mask_head!r}: use one of {', '.join(MASK_HEADS)}")
         if set(self.families) & set(HELD_OUT_FAMILIES):
@@ -130,6 +144,9 @@ class PretrainConfig:
                 d.pop(key)
         if self.mask_loss_weight == 0.0:
             d.pop("mask_head")
+        for key, neutral in (("recon_weight", 0.0), ("init", "")):  # added after pocket-v2
+            if d[key] == neutral:
+                d.pop(key)
         return d
 
     def batch_families(self, step: int) -> tuple[str, ...]:
@@ -201,17 +218,18 @@ def patch_zero_shot_auroc(model, tokenizer, batch, device: torch.device | str = 
     return auroc(p_damaged, labels.int()) if 0 < int(labels.sum()) < len(labels) else float("nan")
 
 
-def pooled_and_patch_tokens(model, images: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled_and_patch_tokens(model, images: torch.Tensor, device,
+                            projected: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The image tower's embedding ``B x d`` (not normalised) and its projected patch tokens
     ``B x N x d`` (the joint-space tokens the pooled embedding averages), for ``B x 3 x H x W``
-    images in [0, 1]."""
+    images in [0, 1]. ``projected=False``: the tokens before the projection, ``B x N x width``."""
     visual = model.visual
     visual.output_tokens = True  # open_clip returns the tokens only through this flag
     try:
         pooled, tokens = visual(normalise(images.to(device)))
     finally:
         visual.output_tokens = False
-    return pooled, tokens @ visual.proj
+    return pooled, (tokens @ visual.proj if projected else tokens)
 
 
 def state_prompt_rows(model, tokenizer, nouns: list[str], device) -> torch.Tensor:
@@ -279,6 +297,28 @@ def build_damage_head(cfg: PretrainConfig) -> torch.nn.Linear:
     return head
 
 
+def build_recon_head(cfg: PretrainConfig) -> torch.nn.Linear:
+    """The decoder of :func:`patch_reconstruction_loss`: one patch of pixels per output token."""
+    vision = POCKET_CLIP_CONFIG["vision_cfg"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 2)
+        return torch.nn.Linear(vision["width"], 3 * vision["patch_size"] ** 2)
+
+
+def patch_reconstruction_loss(tokens: torch.Tensor, head: torch.nn.Linear, images: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of ``head``'s reading of each patch token against that patch's pixels.
+
+    Args:
+        tokens: ``B x N x width`` output patch tokens of the image tower (``N`` a square grid).
+        images: ``B x 3 x H x W`` in [0, 1]; the targets are their CLIP-normalised pixels,
+            one ``3 x p x p`` patch per token (``p = H / sqrt(N)``).
+    """
+    grid = math.isqrt(tokens.shape[1])
+    patch = images.shape[-1] // grid
+    target = torch.nn.functional.unfold(normalise(images.to(tokens.device)), patch, stride=patch).transpose(1, 2)
+    return torch.nn.functional.mse_loss(head(tokens), target)
+
+
 def patch_damage_target(masks: torch.Tensor, grid: int) -> torch.Tensor:
     """Share of each patch's pixels that a defect covers: ``B x 1 x H x W`` bool -> ``B x grid*grid``."""
     return torch.nn.functional.adaptive_avg_pool2d(masks.float(), grid).flatten(1)
@@ -318,22 +358,34 @@ def balanced_patch_bce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 
 
 def training_losses(model, head, loss_fn, tokenizer, batch, device, mask_loss_weight: float = 0.0,
-                    mask_head: str = "linear") -> dict[str, torch.Tensor]:
+                    mask_head: str = "linear", recon_head: torch.nn.Linear | None = None,
+                    recon_weight: float = 0.0) -> dict[str, torch.Tensor]:
     """``clip`` (``ClipLoss``), ``mask`` (when weighted: :func:`patch_damage_loss` with the
-    linear ``head``, or :func:`balanced_patch_bce` of :func:`text_patch_logits`) and their
-    weighted sum ``total``, for one batch."""
-    if mask_loss_weight == 0.0 or (mask_head == "linear" and head is None):
+    linear ``head``, or :func:`balanced_patch_bce` of :func:`text_patch_logits`), ``recon``
+    (when weighted: :func:`patch_reconstruction_loss` with ``recon_head``) and their weighted
+    sum ``total``, for one batch."""
+    use_mask = mask_loss_weight > 0.0 and not (mask_head == "linear" and head is None)
+    use_recon = recon_weight > 0.0 and recon_head is not None
+    if not (use_mask or use_recon):
         clip = clip_loss_on(model, loss_fn, tokenizer, batch, device)
         return {"clip": clip, "total": clip}
-    pooled, tokens = pooled_and_patch_tokens(model, batch.images, device)
+    pooled, raw = pooled_and_patch_tokens(model, batch.images, device, projected=False)
+    tokens = raw @ model.visual.proj
     image = torch.nn.functional.normalize(pooled, dim=-1)
     text = model.encode_text(tokenizer(batch.captions).to(device), normalize=True)
-    clip = loss_fn(image, text, model.logit_scale.exp())
-    if mask_head == "text":
-        mask = balanced_patch_bce(text_patch_logits(model, tokenizer, tokens, batch.nouns, device), batch.masks)
-    else:
-        mask = patch_damage_loss(tokens, head, batch.masks)
-    return {"clip": clip, "mask": mask, "total": clip + mask_loss_weight * mask}
+    out = {"clip": loss_fn(image, text, model.logit_scale.exp())}
+    out["total"] = out["clip"]
+    if use_mask:
+        if mask_head == "text":
+            out["mask"] = balanced_patch_bce(text_patch_logits(model, tokenizer, tokens, batch.nouns, device),
+                                             batch.masks)
+        else:
+            out["mask"] = patch_damage_loss(tokens, head, batch.masks)
+        out["total"] = out["total"] + mask_loss_weight * out["mask"]
+    if use_recon:
+        out["recon"] = patch_reconstruction_loss(raw, recon_head, batch.images)
+        out["total"] = out["total"] + recon_weight * out["recon"]
+    return out
 
 
 def validation_batches(cfg: PretrainConfig) -> dict[str, list]:
@@ -379,8 +431,9 @@ class PretrainState:
 
 
 def _save(path: Path, model, optimiser, state: PretrainState, cfg: PretrainConfig,
-          head: torch.nn.Module | None = None) -> None:
+          head: torch.nn.Module | None = None, recon: torch.nn.Module | None = None) -> None:
     payload = {**({"head": head.state_dict()} if head is not None else {}),
+               **({"recon_head": recon.state_dict()} if recon is not None else {}),
                "format": CHECKPOINT_FORMAT, "recipe": cfg.recipe(), "model": model.state_dict(),
                "optimiser": optimiser.state_dict(), "step": state.step, "history": state.history,
                "validation": state.validation, "seconds": state.seconds}
@@ -413,11 +466,13 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
     ckpt = out / "checkpoint.pt"
     torch.set_num_threads(cfg.threads)
     dev = torch.device(device)
-    model = build_pocket_clip(cfg.seed).to(dev)
+    model = (load_released(cfg.init).train() if cfg.init else build_pocket_clip(cfg.seed)).to(dev)
     head = build_damage_head(cfg).to(dev) if cfg.mask_loss_weight > 0 and cfg.mask_head == "linear" else None
+    recon = build_recon_head(cfg).to(dev) if cfg.recon_weight > 0 else None
     groups = _param_groups(model, cfg.weight_decay)
-    if head is not None:
-        groups[1]["params"] += list(head.parameters())  # no decay on the auxiliary head
+    for aux in (head, recon):
+        if aux is not None:
+            groups[1]["params"] += list(aux.parameters())  # no decay on the auxiliary heads
     optimiser = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     state = PretrainState()
     saved = _load(ckpt, cfg)
@@ -425,6 +480,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
         model.load_state_dict(saved["model"])
         if head is not None:
             head.load_state_dict(saved["head"])
+        if recon is not None:
+            recon.load_state_dict(saved["recon_head"])
         optimiser.load_state_dict(saved["optimiser"])
         state = PretrainState(saved["step"], saved["history"], saved["validation"], saved["seconds"])
     tokenizer = pocket_tokenizer()
@@ -442,7 +499,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
             group["lr"] = lr_at(state.step, cfg)
         batch = sample_batch(cfg.seed, state.step, cfg.batch_size, families=cfg.batch_families(state.step),
                              copies=cfg.copies, zoom=cfg.zoom)
-        losses = training_losses(model, head, loss_fn, tokenizer, batch, dev, cfg.mask_loss_weight, cfg.mask_head)
+        losses = training_losses(model, head, loss_fn, tokenizer, batch, dev, cfg.mask_loss_weight, cfg.mask_head,
+                                 recon, cfg.recon_weight)
         loss = losses["clip"]
         optimiser.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -451,7 +509,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
             model.logit_scale.clamp_(0, math.log(100))
         state.history.append({"step": state.step, "loss": float(loss.detach()), "lr": lr_at(state.step, cfg),
                               "logit_scale": float(model.logit_scale.detach().exp()),
-                              **({"mask_loss": float(losses["mask"].detach())} if "mask" in losses else {})})
+                              **({"mask_loss": float(losses["mask"].detach())} if "mask" in losses else {}),
+                              **({"recon_loss": float(losses["recon"].detach())} if "recon" in losses else {})})
         state.step += 1
         state.seconds += time.perf_counter() - start
         if bar is not None:
@@ -460,7 +519,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             if state.step == cfg.steps:
                 state.validation.append({"step": state.step, **evaluate(model, loss_fn, tokenizer, val, dev)})
-            _save(ckpt, model, optimiser, state, cfg, head)
+            _save(ckpt, model, optimiser, state, cfg, head, recon)
     if bar is not None:
         bar.close()
     atomic_write_json(out / "curves.json", {"recipe": cfg.recipe(), "history": state.history,
