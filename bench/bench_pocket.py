@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_recipe import backbone_config, configs, grid_parser  # noqa: E402
-from benchutil import BACKBONES, Row, environment, grid_table, quick_config, run_grid  # noqa: E402
+from benchutil import (BACKBONES, Row, environment, grid_table, quick_config, resolve_device,  # noqa: E402
+                       run_grid, weights_files)
 
 from vtfusion.config import BackboneConfig  # noqa: E402
 from vtfusion.data.categories import categories as dataset_categories  # noqa: E402
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    extra = dict(item.partition("=")[::2] for item in args.extra)
-    for name, path in extra.items():
-        if not path or not Path(path).is_file():
-            p.error(f"--extra {name}={path}: use NAME=FILE with an existing weights file")
+    extra = weights_files(p, args.extra)
     rows = [r for bb in args.backbones for r in rows_for(bb, args.iterations, tuple(args.rows))]
     rows += [r for name, path in extra.items() for r in rows_for(name, args.iterations, tuple(args.rows), path)]
     summaries = run_grid(rows, "toy", tuple(dataset_categories("toy")), tuple(args.shots), tuple(args.seeds),
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = {name: c for bb in [*args.backbones, *extra] if bb != "tiny" for name, c in targets(summaries, bb).items()}
     for name, c in checks.items():
         print(f"{'met    ' if c['met'] else 'NOT MET'} {name}: {c['value']:.3f}")
-    atomic_write_json(args.out, {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads),
+    atomic_write_json(args.out, {"argv": sys.argv, "environment": environment(resolve_device("auto"), args.threads),
                                  "split": args.split, "summaries": summaries, "targets": checks,
                                  "seconds": time.perf_counter() - start})
     print(f"wrote {args.out}")

@@ -48,6 +48,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def weights_files(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--extra NAME=FILE ...`` as ``{name: file}``; a parser error names an item without an existing file."""
+    files = {}
+    for item in items:
+        name, _, path = item.partition("=")
+        if not name or not path or not Path(path).is_file():
+            parser.error(f"--extra {item!r}: use NAME=FILE with an existing weights file")
+        files[name] = path
+    return files
+
+
 def machine_name() -> str:
     """``<gpu-name>`` or ``cpu-<n>core``: the machine part of a result folder's name."""
     if torch.cuda.is_available():
@@ -196,7 +207,6 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
     from vtfusion.backbone import build_backbone
     from vtfusion.cache import FeatureCache
     from vtfusion.evaluate import run_cell, run_patch_knn_cell, run_zero_shot_cell
-    from vtfusion.train import resolve_device as train_device
     from vtfusion.validation import summarize
 
     cache = FeatureCache.from_env()
@@ -206,7 +216,7 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
         key = json.dumps(dataclasses.asdict(row.config.backbone), sort_keys=True)
         if key not in backbones:
             # on the device the cells train on, so every row reads the same cached tokens
-            backbones[key] = build_backbone(row.config.backbone, seed=0).to(train_device(row.config.train.device))
+            backbones[key] = build_backbone(row.config.backbone, seed=0).to(resolve_device(row.config.train.device))
         bb = backbones[key]
         results = []
         start = time.perf_counter()

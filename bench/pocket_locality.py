@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment  # noqa: E402
+from benchutil import environment, weights_files  # noqa: E402
 
 from vtfusion.backbone import FrozenCLIP, build_backbone  # noqa: E402
 from vtfusion.config import BackboneConfig  # noqa: E402
@@ -122,15 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_locality.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    backbones = dict(BACKBONES)
-    for item in args.extra:
-        name, _, path = item.partition("=")
-        if not path or not Path(path).is_file():
-            p.error(f"--extra {item!r}: use NAME=FILE with an existing weights file")
-        backbones[name] = BackboneConfig(arch="pocket", weights=path, layers=(1,))
+    extra = weights_files(p, args.extra)
+    backbones = {**BACKBONES, **{name: BackboneConfig(arch="pocket", weights=path, layers=(1,))
+                                 for name, path in extra.items()}}
     start = time.perf_counter()
     scores: dict[tuple[str, str, str, bool], list[tuple[float, float]]] = {}
-    names = [*args.backbones, *(item.partition("=")[0] for item in args.extra)]
+    names = [*args.backbones, *extra]
     variants = [("pixels", "-")] + [(b, a) for b in names for a in args.attention]
     for name, attention in variants:
         backbone = None if name == "pixels" else build_backbone(backbones[name]).eval()

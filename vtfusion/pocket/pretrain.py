@@ -139,14 +139,14 @@ class PretrainConfig:
         for k in ("val_every", "val_batches", "checkpoint_every", "threads"):
             d.pop(k)
         d["families"] = list(self.families)
-        for key in ("single_family_share", "mask_loss_weight"):  # added after pocket-v1: their
-            if d[key] == 0.0:  # neutral values keep v1's recipe (and checkpoints) as they were
+        # fields added after a release: at their neutral values they keep the released
+        # recipes (and checkpoints) as they were
+        for key, neutral in (("single_family_share", 0.0), ("mask_loss_weight", 0.0),
+                             ("recon_weight", 0.0), ("init", "")):
+            if d[key] == neutral:
                 d.pop(key)
         if self.mask_loss_weight == 0.0:
             d.pop("mask_head")
-        for key, neutral in (("recon_weight", 0.0), ("init", "")):  # added after pocket-v2
-            if d[key] == neutral:
-                d.pop(key)
         return d
 
     def batch_families(self, step: int) -> tuple[str, ...]:
