@@ -202,11 +202,14 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
 
     Returns one summary per (row, k) and one per row over all k (``k = "all"``), each with
     mean and std over seeds of the per-seed category means (:func:`vtfusion.validation.summarize`)
-    and the wall time of the cells that ran now.
+    and the wall time of the cells that ran now. The ``"all"`` summary also lists every
+    cell's metrics (``per_cell``, :func:`vtfusion.stats.per_cell_records`), so that two
+    rows can later be compared cell by cell (:func:`vtfusion.stats.paired_difference`).
     """
     from vtfusion.backbone import build_backbone
     from vtfusion.cache import FeatureCache
     from vtfusion.evaluate import run_cell, run_patch_knn_cell, run_zero_shot_cell
+    from vtfusion.stats import per_cell_records
     from vtfusion.validation import summarize
 
     cache = FeatureCache.from_env()
@@ -240,7 +243,9 @@ def run_grid(rows: list[Row], dataset: str, categories: tuple[str, ...], shots: 
             out.append({"row": row.label, "kind": row.kind, "backbone": row.config.backbone.arch,
                         "weights": row.config.backbone.weights, "dataset": dataset, "k": k, **summary,
                         "seconds_now": seconds if k == "all" else None,
-                        "train_seconds_mean": _mean([r.get("train_seconds") or 0.0 for r in subset])})
+                        "train_seconds_mean": _mean([r.get("train_seconds") or 0.0 for r in subset]),
+                        # every cell's metrics, for paired comparisons (vtfusion.stats)
+                        **({"per_cell": per_cell_records(subset)} if k == "all" else {})})
         log(f"  {row.label}: {len(results)} cells, {seconds:.0f}s")
     return out
 

@@ -4,6 +4,9 @@
 # step never costs the others. Results are written as the benchmarks always write them
 # (runs/bench/*.json, resumable cells under runs/bench/recipe/) and packed into
 # $OUT/results.tar.gz with the log; copy them into bench/results/<date>-<gpu>/.
+# The tarball also holds every cell's result file: a run of the same benchmark here with
+# `--results <unpacked>/runs/bench/recipe/results` reads them back without training, and
+# so fills the per-cell metrics that paired comparisons need (vtfusion.stats).
 #
 # Prepare on the workstation (the device machine reaches no network and gets at most
 # 64 MiB of files; ../shared does not travel):

@@ -32,7 +32,7 @@ METHOD_LAYER = ("vtfusion.backbone", "vtfusion.weights", "vtfusion.model", "vtfu
 EXPERIMENT_LAYER = ("vtfusion.runs", "vtfusion.results", "vtfusion.provenance", "vtfusion.evaluate",
                     "vtfusion.reproduce", "vtfusion.launch", "vtfusion.validation", "vtfusion.cache", "vtfusion.cli",
                     "vtfusion.predict", "vtfusion.viz", "vtfusion.paper_tables", "vtfusion.explorer",
-                    "vtfusion.tables", "vtfusion.deploy")
+                    "vtfusion.tables", "vtfusion.deploy", "vtfusion.stats")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ def test_selection_runs_without_any_test_split(toy_without_test, backbone, tmp_p
     assert [r["name"] for r in rows] == ["patch_knn", "paper", "memory"]
     for r in rows:
         assert 0 <= r["image_auroc"] <= 1 and r["selection_score"] == pytest.approx(selection_score(r))
+        # the cells, for paired comparisons: one (chip, 1, 0), whose metrics make the summary
+        assert [(c["category"], c["k"], c["seed"]) for c in r["per_cell"]] == [("chip", 1, 0)]
+        assert r["per_cell"][0]["aupro"] == pytest.approx(r["aupro"])
     files = list((tmp_path / "res").rglob("*.json"))
     assert files and all(f.name.endswith("_val.json") for f in files)
     assert all(json.loads(f.read_text())["split"] == "val" for f in files)

@@ -34,6 +34,7 @@ from vtfusion.data.categories import categories as dataset_categories
 from vtfusion.evaluate import run_cell, run_patch_knn_cell
 from vtfusion.metrics import evaluate_maps
 from vtfusion.patch_knn import nearest_distances, patch_descriptors
+from vtfusion.stats import per_cell_records
 
 VALIDATION_SPLIT = "val"
 SUMMARY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -126,7 +127,8 @@ def compare(candidates: list[Candidate], include_patch_knn: bool = True, progres
 
     ``cells`` are :func:`validate`'s keyword arguments (categories, shots, seeds, roots,
     backbone, cache). Each row has the candidate's ``name``, ``note``, the
-    :func:`summarize` numbers and its ``selection_score``.
+    :func:`summarize` numbers, its ``selection_score`` and its cells' metrics (``per_cell``,
+    for :func:`vtfusion.stats.paired_difference`).
     """
     if not candidates:
         raise ValueError("compare needs at least one candidate")
@@ -137,10 +139,11 @@ def compare(candidates: list[Candidate], include_patch_knn: bool = True, progres
         knn_cells = {k: v for k, v in cells.items() if k != "runs_root"}
         results = validate_patch_knn(candidates[0].config, backbone=backbone, cache=cache, **knn_cells)
         rows.append({"name": "patch_knn", "note": "training-free reference on the same tokens",
-                     **summarize(results)})
+                     **summarize(results), "per_cell": per_cell_records(results)})
     for cand in candidates:
         results = validate(cand.config, backbone=backbone, cache=cache, progress=progress, **cells)
-        rows.append({"name": cand.name, "note": cand.note, **summarize(results)})
+        rows.append({"name": cand.name, "note": cand.note, **summarize(results),
+                     "per_cell": per_cell_records(results)})
     for row in rows:
         row["selection_score"] = selection_score(row)
     return rows

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from vtfusion import paths
+from vtfusion.stats import paired_difference, verdict
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -284,6 +285,69 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
                              for s in rows], ("method/backbone", "k", *metrics, *cost_cols))
         lines.append((f"[{part}]\n" if part else "") + body)
     return f"bench/results/{folder}/{name}.json (mean +- std over shot seeds, %)\n" + "\n\n".join(lines)
+
+
+def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc", "aupro"),
+                 parts: Sequence[str] | None = None) -> str:
+    """Every row of a committed grid benchmark against ``reference`` (a row-name prefix such as
+    ``patch_knn`` or ``full``), cell by cell: :func:`vtfusion.stats.paired_difference`.
+
+    Per part and row: the mean difference in points with its 95% bootstrap interval over
+    (category, shot seed) units, the units won and lost, and whether the interval lies
+    above, below or around zero. Parts whose file holds no per-cell metrics (benchmarks
+    run before they were recorded) say so instead of guessing.
+    """
+    found = latest_bench_result(name)
+    if found is None:
+        return f"no committed result of bench/{'bench_' + name}.py yet"
+    record, folder = found
+    lines = []
+    for part, summaries in record["parts"].items():
+        if parts is not None and part not in parts:
+            continue
+        rows = [s for s in summaries if str(s["k"]).startswith("all")]
+        ref = next((s for s in rows if s["row"].split("/")[0] == reference), None)
+        if ref is None:
+            continue
+        if "per_cell" not in ref:
+            lines.append(f"[{part}]\nno per-cell metrics in this file (recorded since 2026-12-04)")
+            continue
+        body = []
+        for s in rows:
+            if s is ref or "per_cell" not in s:
+                continue
+            diffs = [paired_difference(s["per_cell"], ref["per_cell"], m) for m in metrics]
+            body.append((s["row"], diffs[0]["units"], *(
+                f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
+                f"{d['wins']}/{d['losses']} {verdict(d)}" for d in diffs)))
+        lines.append(f"[{part}] minus {ref['row']}\n" + format_table(body, ("method/backbone", "units", *metrics)))
+    return (f"bench/results/{folder}/{name}.json: difference in points, 95% interval, units won/lost, "
+            "verdict\n" + "\n\n".join(lines))
+
+
+def paired_validation_table(name: str = "recipe_recheck") -> str:
+    """A committed validation recheck (``bench/recipe_recheck.py``) as text: each candidate's
+    validation means, then its paired differences (:func:`vtfusion.stats.paired_difference`)
+    with the patch-kNN reference and with the current recipe."""
+    found = latest_bench_result(name)
+    if found is None:
+        return f"no committed result of bench/{name}.py yet"
+    record, folder = found
+    metrics = ("image_auroc", "pixel_auroc", "aupro")
+    means = format_table([(r["name"], r["cells"], *(f"{100 * r[m]:.1f}" for m in metrics),
+                           f"{100 * r['selection_score']:.1f}") for r in record["rows"]],
+                         ("candidate", "cells", *metrics, "score"))
+
+    def paired(diffs: list[dict]) -> str:
+        return format_table([(d["name"], *(f"{100 * d[m]['mean']:+.1f} [{100 * d[m]['low']:+.1f}, "
+                                           f"{100 * d[m]['high']:+.1f}] {d[m]['wins']}/{d[m]['losses']} "
+                                           f"{verdict(d[m])}" for m in metrics)) for d in diffs],
+                            (f"minus {diffs[0]['reference']}", *metrics))
+
+    head = (f"bench/results/{folder}/{name}.json: {record['split']} split, backbone {record['backbone']}, "
+            f"k {record['shots']}, shot seeds {record['seeds']} (%, differences in points)")
+    return "\n\n".join([head, means, paired(record["vs_patch_knn"]), paired(record["vs_project"]),
+                        f"would replace the recipe: {', '.join(record['would_replace']) or 'none'}"])
 
 
 GPU_SESSION_FILES = ("forward_fp32", "forward_bf16", "train", "precision", "cuda_determinism")

@@ -20,8 +20,9 @@ class ZeroShotCLIP(AnomalyMethod):
     """Zero-shot CLIP: the untrained ATE's text map (prompt ensemble, Eq. 6); no shot, no training.
 
     The ``ate`` variant of VTFusion before any training: ``M^f = M^t / L`` upsampled, the
-    image score its maximum. It needs no normal image, so it is one cell per category
-    (stored as ``k0_seed0``).
+    image score read as ``ModelConfig.image_score`` says (the plain maximum in the paper's
+    recipe, the maximum after a Gaussian in the project's). It needs no normal image, so it
+    is one cell per category (stored as ``k0_seed0``).
     """
 
     uses_shots = False
