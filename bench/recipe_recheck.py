@@ -35,9 +35,9 @@ from recipe_selection import base_config  # noqa: E402
 
 from vtfusion.io import atomic_write_json  # noqa: E402
 from vtfusion.recipes import PROJECT_OVERRIDES, with_overrides  # noqa: E402
-from vtfusion.stats import METRICS, paired_difference, verdict  # noqa: E402
+from vtfusion.stats import METRICS, paired_difference  # noqa: E402
 from vtfusion.validation import Candidate, compare  # noqa: E402
-from vtfusion.viz import format_table  # noqa: E402
+from vtfusion.viz import format_difference, format_table  # noqa: E402
 
 #: label -> overrides on top of the project recipe; the first is the recipe itself.
 CANDIDATES: dict[str, dict] = {
@@ -56,9 +56,8 @@ def paired_rows(rows: list[dict], reference: str) -> list[dict]:
 
 
 def paired_text(diffs: list[dict]) -> str:
-    return format_table([(d["name"], *(f"{100 * d[m]['mean']:+.1f} [{100 * d[m]['low']:+.1f}, "
-                                       f"{100 * d[m]['high']:+.1f}] {verdict(d[m])}" for m in METRICS))
-                         for d in diffs], (f"minus {diffs[0]['reference']}", *METRICS))
+    return format_table([(d["name"], *(format_difference(d[m]) for m in METRICS)) for d in diffs],
+                        (f"minus {diffs[0]['reference']}", *METRICS))
 
 
 def main(argv: list[str] | None = None) -> int:

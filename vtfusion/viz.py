@@ -287,6 +287,12 @@ def bench_table(name: str, k: str | int = "all", metrics=("image_auroc", "pixel_
     return f"bench/results/{folder}/{name}.json (mean +- std over shot seeds, %)\n" + "\n\n".join(lines)
 
 
+def format_difference(diff: dict) -> str:
+    """One :func:`vtfusion.stats.paired_difference` as "+1.3 [-1.5, +4.3] 6/6 level" (points)."""
+    return (f"{100 * diff['mean']:+.1f} [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}] "
+            f"{diff['wins']}/{diff['losses']} {verdict(diff)}")
+
+
 def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc", "aupro"),
                  parts: Sequence[str] | None = None) -> str:
     """Every row of a committed grid benchmark against ``reference`` (a row-name prefix such as
@@ -317,9 +323,7 @@ def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc
             if s is ref or "per_cell" not in s:
                 continue
             diffs = [paired_difference(s["per_cell"], ref["per_cell"], m) for m in metrics]
-            body.append((s["row"], diffs[0]["units"], *(
-                f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
-                f"{d['wins']}/{d['losses']} {verdict(d)}" for d in diffs)))
+            body.append((s["row"], diffs[0]["units"], *map(format_difference, diffs)))
         lines.append(f"[{part}] minus {ref['row']}\n" + format_table(body, ("method/backbone", "units", *metrics)))
     return (f"bench/results/{folder}/{name}.json: difference in points, 95% interval, units won/lost, "
             "verdict\n" + "\n\n".join(lines))
@@ -339,9 +343,7 @@ def paired_validation_table(name: str = "recipe_recheck") -> str:
                          ("candidate", "cells", *metrics, "score"))
 
     def paired(diffs: list[dict]) -> str:
-        return format_table([(d["name"], *(f"{100 * d[m]['mean']:+.1f} [{100 * d[m]['low']:+.1f}, "
-                                           f"{100 * d[m]['high']:+.1f}] {d[m]['wins']}/{d[m]['losses']} "
-                                           f"{verdict(d[m])}" for m in metrics)) for d in diffs],
+        return format_table([(d["name"], *(format_difference(d[m]) for m in metrics)) for d in diffs],
                             (f"minus {diffs[0]['reference']}", *metrics))
 
     head = (f"bench/results/{folder}/{name}.json: {record['split']} split, backbone {record['backbone']}, "
