@@ -26,6 +26,7 @@ import torch
 
 from vtfusion import __version__
 from vtfusion.config import BackboneConfig, ExperimentConfig, get_profile, with_pocket_backbone
+from vtfusion.data.toy import ToyConfig, ensure_toy_dataset
 from vtfusion.io import atomic_write_json
 from vtfusion.pocket.model import READING
 
@@ -38,6 +39,18 @@ BACKBONES = {
     "pocket-v2": BackboneConfig(arch="pocket", weights="pocket-v2", layers=READING["pocket-v2"]["layers"]),
     "vitb_random": BackboneConfig(arch="ViT-B-16-plus-240", weights="random", layers=(3, 6, 9, 12)),
 }
+
+
+#: A toy dataset with five times the validation images (100 normal and 25 per defect type per
+#: category): rendering depends on the split and index only, so its first validation
+#: images are the toy split's own, and train and test are those of the toy split.
+LARGE_VAL = ToyConfig(n_val_good=100, n_val_per_defect=25)
+LARGE_VAL_ROOT = Path("data/toy-val100")
+
+
+def large_val_root(root: Path = LARGE_VAL_ROOT) -> Path:
+    """``root`` holding the :data:`LARGE_VAL` toy dataset, generated there when missing (about 40 s)."""
+    return ensure_toy_dataset(root, LARGE_VAL)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import environment  # noqa: E402
+from benchutil import LARGE_VAL_ROOT, environment, large_val_root  # noqa: E402
 from recipe_selection import base_config  # noqa: E402
 
 from vtfusion.io import atomic_write_json  # noqa: E402
@@ -71,15 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", default="runs/selection/results")
     p.add_argument("--runs", default="runs/selection/runs")
+    p.add_argument("--large-val", action="store_true",
+                   help=f"score on the larger validation split of benchutil.LARGE_VAL (in {LARGE_VAL_ROOT}) "
+                        "instead of the toy split's own")
     p.add_argument("--out", type=Path, default=Path("runs/bench/recipe_recheck.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     base = with_overrides(base_config(args.backbone, args.iterations, None), PROJECT_OVERRIDES)
+    data_root = None
+    if args.large_val:
+        # The result store files the toy dataset under "toy" whatever its root, so the larger
+        # split's cells need a results folder of their own. The models are shared: training
+        # reads the train split only, which is the same in both roots.
+        if Path(args.results).resolve() == Path(p.get_default("results")).resolve():
+            p.error("--large-val needs a results folder of its own (--results DIR): the store "
+                    "files every toy root under the same name")
+        data_root = str(large_val_root())
     names = ["project", *[c for c in args.candidates if c != "project"]]
     cands = [Candidate(n, with_overrides(base, CANDIDATES[n]), note=str(CANDIDATES[n])) for n in names]
     start = time.perf_counter()
     rows = compare(cands, shots=tuple(args.shots), seeds=tuple(args.seeds), results_root=args.results,
-                   runs_root=args.runs, progress=False)
+                   runs_root=args.runs, data_root=data_root, progress=False)
     vs_knn = paired_rows(rows, "patch_knn")
     vs_project = paired_rows([r for r in rows if r["name"] != "patch_knn"], "project")
     project = next(r for r in rows if r["name"] == "project")
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + paired_text(vs_knn) + "\n\n" + paired_text(vs_project))
     print(f"\nwould replace the recipe: {better or 'none'}")
     record = {"argv": sys.argv, "environment": environment(torch.device("cpu"), args.threads), "split": "val",
+              "val_root": data_root or "toy",
               "backbone": args.backbone, "iterations": args.iterations, "shots": args.shots, "seeds": args.seeds,
               "overrides": {n: CANDIDATES[n] for n in names}, "rows": rows, "vs_patch_knn": vs_knn,
               "vs_project": vs_project, "margin": args.margin, "would_replace": better,

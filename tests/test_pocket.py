@@ -301,3 +301,57 @@ def test_recon_loss_and_init_are_recorded_and_neutral_at_their_defaults(tmp_path
     assert payload["recipe"]["init"] == "pocket-v2" and set(payload["recon_head"]) == {"weight", "bias"}
     start = load_released("pocket-v2").state_dict()  # a tiny learning rate: still the release's weights
     assert all(torch.allclose(payload["model"][k], v, atol=1e-3) for k, v in start.items())
+
+
+def test_nearest_reference_distances_match_a_brute_force_loop():
+    from vtfusion.pocket.pretrain import nearest_reference_distances
+
+    tokens = torch.randn(6, 9, 5)  # 3 copies of 2 scenes; copy c of scene s at row c * 2 + s
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    brute = torch.tensor([[min(float(((unit[row, n] - unit[row % 2, m]) ** 2).sum()) for m in range(9))
+                           for n in range(9)] for row in range(2, 6)])
+    assert torch.allclose(nearest_reference_distances(tokens, scenes=2), brute, atol=1e-5)
+    same = tokens[:2].repeat(3, 1, 1)  # later copies equal to their references: every distance 0
+    assert float(nearest_reference_distances(same, 2).abs().max()) < 1e-5
+
+
+def test_jitter_references_is_seeded_bounded_and_neutral_at_zero():
+    from vtfusion.pocket.pretrain import jitter_references
+
+    images = torch.rand(3, 3, 48, 48)
+    first = jitter_references(images, torch.Generator().manual_seed(1))
+    assert torch.equal(first, jitter_references(images, torch.Generator().manual_seed(1)))
+    assert 0 <= float(first.min()) and float(first.max()) <= 1 and not torch.allclose(first, images, atol=1e-3)
+    still = jitter_references(images, torch.Generator().manual_seed(1), shift=0, turn=0, light=0, tint=0)
+    assert torch.allclose(still, images, atol=1e-5)
+
+
+def test_patch_matching_loss_rewards_distances_that_single_out_damaged_patches():
+    """Damaged patches far from every reference patch and normal ones on top of one give a
+    lower loss than the reverse."""
+    from vtfusion.pocket.pretrain import MatchHead, patch_matching_loss
+
+    ref = torch.nn.functional.normalize(torch.randn(1, 4, 8), dim=-1)  # one scene, a 2 x 2 grid
+    masks = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    masks[1, 0, :16, :16] = True  # the damaged copy's first patch
+    good = ref.clone()
+    good[0, 0] = -ref[0, 0]  # the damaged patch points away from every reference token
+    bad = ref.clone()
+    bad[0, 1:] = -ref[0, 1:]  # the normal patches do
+    head = MatchHead()
+    assert float(patch_matching_loss(torch.cat([ref, good]), head, masks, 1)) < \
+        float(patch_matching_loss(torch.cat([ref, bad]), head, masks, 1))
+
+
+def test_match_loss_is_recorded_neutral_at_its_default_and_needs_copies(tmp_path):
+    from vtfusion.pocket.pretrain import PretrainConfig, pretrain
+
+    assert "match_weight" not in PretrainConfig().recipe()  # released recipes unchanged
+    with pytest.raises(ValueError, match="copies"):
+        PretrainConfig(match_weight=1.0, copies=1)
+    cfg = PretrainConfig(steps=2, batch_size=4, copies=2, lr=1e-9, warmup=1, val_every=100, val_batches=1,
+                         checkpoint_every=2, families=("plastic_sheet",), match_weight=1.0)
+    state = pretrain(tmp_path / "run", cfg, progress=False)
+    assert all(0 < h["match_loss"] < 50 for h in state.history)
+    payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert payload["recipe"]["match_weight"] == 1.0 and set(payload["match_head"]) == {"log_scale", "offset"}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from vtfusion import viz
-from vtfusion.stats import paired_difference, per_cell_records, verdict
+from vtfusion.stats import paired_difference, per_cell_records, shot_difference, verdict
 
 
 def cells(values: dict[tuple[str, int, int], float], metric: str = "aupro") -> list[dict]:
@@ -92,3 +92,24 @@ def test_paired_validation_table_prints_means_differences_and_the_decision(monke
     assert "val split, backbone tiny" in text and "minus patch_knn" in text
     assert "+1.0 [+1.0, +1.0] 6/0 above" in text
     assert text.endswith("would replace the recipe: none")
+
+
+def test_shot_difference_pairs_each_unit_across_k():
+    """k = 2 is 0.05 above k = 1 in every (category, seed) unit, whatever the unit's level."""
+    values = {(c, k, s): 0.5 + 0.1 * s + (0.05 if k == 2 else 0.0) + (0.2 if c == "b" else 0.0)
+              for c, k, s in GRID}
+    diff = shot_difference(cells(values), 2, 1, "aupro")
+    assert diff["units"] == 6 and diff["wins"] == 6
+    assert math.isclose(diff["mean"], 0.05) and math.isclose(diff["low"], 0.05)
+    with pytest.raises(ValueError, match="k = 8"):
+        shot_difference(cells(values), 8, 1, "aupro")
+
+
+def test_shot_trend_table_skips_rows_without_the_asked_k(monkeypatch):
+    rising = {key: 0.6 + 0.05 * (key[1] - 1) for key in GRID}
+    record = {"parts": {"toy/tiny": [{"row": "patch_knn/tiny", "k": "all", "per_cell": cells(rising, "image_auroc")},
+                                     {"row": "old/tiny", "k": "all"}]}}
+    monkeypatch.setattr(viz, "latest_bench_result", lambda name: (record, "2026-12-04-test"))
+    text = viz.shot_trend_table("recipe", steps=((2, 1),))
+    assert "patch_knn/tiny" in text and "+5.0 [+5.0, +5.0] 6/0 above" in text and "old/tiny" not in text
+    assert "no part holds" in viz.shot_trend_table("recipe", steps=((8, 1),))

@@ -463,7 +463,8 @@ def _cmd_pocket_pretrain(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(**given, seed=args.seed, threads=args.threads,
                          single_family_share=args.single_family_share, val_batches=args.val_batches,
                          mask_loss_weight=args.mask_loss_weight, mask_head=args.mask_head,
-                         recon_weight=args.recon_weight, init="" if args.init == "random" else args.init)
+                         recon_weight=args.recon_weight, match_weight=args.match_weight,
+                         init="" if args.init == "random" else args.init)
     state = pretrain(args.out, cfg, device=args.device, progress=not args.quiet)  # ValueError: main()
     last = state.validation[-1]
     print(f"pocket CLIP: {state.step} steps in {state.seconds / 60:.1f} min; held-out families: zero-shot "
@@ -703,6 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what reads the patches for the damage loss: a linear head, or the text tower's prompts")
     p.add_argument("--recon-weight", type=float, default=0.0,
                    help="weight of the auxiliary per-patch pixel reconstruction loss (default 0, the released recipe)")
+    p.add_argument("--match-weight", type=float, default=0.0,
+                   help="weight of the auxiliary nearest-neighbour matching loss (default 0, the released recipe)")
     p.add_argument("--init", default="random", choices=("random", "pocket-v1", "pocket-v2"),
                    help="start from a random init (default) or continue from a released pocket CLIP")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's 1.5e-3)")

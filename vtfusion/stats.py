@@ -86,6 +86,23 @@ def paired_difference(candidate: Iterable[dict], reference: Iterable[dict], metr
             "ties": int((np.abs(diffs) <= tie).sum()), "p_wilcoxon": p}
 
 
+def shot_difference(cells: Iterable[dict], more: int, fewer: int, metric: str, **kwargs) -> dict:
+    """One method's cells with ``more`` shots minus its cells with ``fewer``, paired by
+    (category, shot seed): :func:`paired_difference` (``kwargs`` passed on) with each cell's
+    k set aside. Does the method gain from more shots beyond what the noise allows?
+
+    The shot lists are nested (:mod:`vtfusion.data.shots`: the first ``fewer`` shots of a
+    seed's list are also its first ``fewer`` of ``more``), so the two cells of a unit share
+    shots, as the pairing assumes.
+    """
+    cells = list(cells)
+    at = {k: [{**c, "k": 0} for c in cells if c["k"] == k] for k in (more, fewer)}
+    missing = [k for k, v in at.items() if not v]
+    if missing:
+        raise ValueError(f"no cell with k = {missing[0]} (the cells have k in {sorted({c['k'] for c in cells})})")
+    return paired_difference(at[more], at[fewer], metric, **kwargs)
+
+
 MIN_UNITS = 6
 """Fewer units than this get no verdict: a bootstrap of 3 values can only return their own
 range, and the smallest two-sided Wilcoxon p-value of 5 units is 0.0625."""

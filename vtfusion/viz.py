@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vtfusion import paths
-from vtfusion.stats import paired_difference, verdict
+from vtfusion.stats import paired_difference, shot_difference, verdict
 
 
 def to_numpy_image(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -329,10 +329,39 @@ def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc
             "verdict\n" + "\n\n".join(lines))
 
 
+def shot_trend_table(name: str, steps: Sequence[tuple[int, int]] = ((2, 1), (8, 2), (8, 1)),
+                     metric: str = "image_auroc", parts: Sequence[str] | None = None) -> str:
+    """Does each row of a committed grid benchmark gain from more shots? For every part and
+    row, ``metric`` at the larger k minus the smaller one of each pair in ``steps``, paired by
+    (category, shot seed) (:func:`vtfusion.stats.shot_difference`), in points with its 95%
+    interval, the units won and lost, and the verdict."""
+    found = latest_bench_result(name)
+    if found is None:
+        return f"no committed result of bench/{'bench_' + name}.py yet"
+    record, folder = found
+    lines = []
+    for part, summaries in record["parts"].items():
+        if parts is not None and part not in parts:
+            continue
+        body = []
+        for s in summaries:
+            present = {c["k"] for c in s.get("per_cell", [])}
+            if not str(s["k"]).startswith("all") or not all({a, b} <= present for a, b in steps):
+                continue
+            body.append((s["row"], *(format_difference(shot_difference(s["per_cell"], a, b, metric))
+                                     for a, b in steps)))
+        if body:
+            lines.append(f"[{part}]\n" + format_table(body, ("method/backbone", *(f"k {a} - k {b}"
+                                                                                  for a, b in steps))))
+    return (f"bench/results/{folder}/{name}.json, {metric}: difference in points, 95% interval, units "
+            "won/lost, verdict\n" + "\n\n".join(lines or ["no part holds per-cell metrics at these k"]))
+
+
 def paired_validation_table(name: str = "recipe_recheck") -> str:
     """A committed validation recheck (``bench/recipe_recheck.py``) as text: each candidate's
     validation means, then its paired differences (:func:`vtfusion.stats.paired_difference`)
-    with the patch-kNN reference and with the current recipe."""
+    with the patch-kNN reference and with the current recipe. A recheck on another toy root
+    (``--large-val``) names it."""
     found = latest_bench_result(name)
     if found is None:
         return f"no committed result of bench/{name}.py yet"
@@ -346,7 +375,8 @@ def paired_validation_table(name: str = "recipe_recheck") -> str:
         return format_table([(d["name"], *(format_difference(d[m]) for m in metrics)) for d in diffs],
                             (f"minus {diffs[0]['reference']}", *metrics))
 
-    head = (f"bench/results/{folder}/{name}.json: {record['split']} split, backbone {record['backbone']}, "
+    split = record["split"] + (f" split of {record['val_root']}" if record.get("val_root", "toy") != "toy" else " split")
+    head = (f"bench/results/{folder}/{name}.json: {split}, backbone {record['backbone']}, "
             f"k {record['shots']}, shot seeds {record['seeds']} (%, differences in points)")
     return "\n\n".join([head, means, paired(record["vs_patch_knn"]), paired(record["vs_project"]),
                         f"would replace the recipe: {', '.join(record['would_replace']) or 'none'}"])

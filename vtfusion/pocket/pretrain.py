@@ -35,10 +35,11 @@ from vtfusion.backbone import CLIP_MEAN, CLIP_STD
 from vtfusion.io import atomic_write, atomic_write_json
 from vtfusion.metrics import auroc
 from vtfusion.pocket.model import RELEASES, POCKET_CLIP_CONFIG, build_pocket_clip, load_released, pocket_tokenizer
-from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, sample_batch
+from vtfusion.pocket.world import HELD_OUT_FAMILIES, TRAIN_FAMILIES, batch_generator, sample_batch
 
 CHECKPOINT_FORMAT = "vtfusion-pocket-pretrain-1"
 VAL_STREAM = 10_000_019  # the validation batches' stream: never drawn for training
+JITTER_STREAM = 20_000_003  # the reference jitter's stream (match_weight > 0)
 MASK_HEADS = ("linear", "text")
 
 
@@ -94,6 +95,15 @@ class PretrainConfig:
             must give back that patch's normalised pixels, so the tokens cannot discard the
             local detail that nearest-neighbour matching needs (pocket-v1 and v2 lose it in
             their first block: ``bench/pocket_locality.py``). 0 leaves the recipe as it was.
+        match_weight: weight of an auxiliary nearest-neighbour matching loss
+            (:func:`patch_matching_loss`) **[choice, a departure from CLIP]**: each scene's
+            defect-free copy is shifted, turned and re-lit a little
+            (:func:`jitter_references`), and every patch of its damaged copies must lie near
+            some patch of it when normal and far from all of them when damaged, read on the
+            last block's tokens as patch-kNN reads them. It asks the tokens for what a
+            nearest-neighbour detector needs from a backbone: indifference to pose and
+            lighting, sensitivity to damage. Needs ``copies >= 2``; 0 leaves the recipe as
+            it was.
         init: ``""`` for a seeded random initialisation, or the name of a released pocket
             CLIP (``pocket-v2``) whose weights the run continues from **[choice]**.
     """
@@ -115,6 +125,7 @@ class PretrainConfig:
     mask_loss_weight: float = 0.0
     mask_head: str = "linear"
     recon_weight: float = 0.0
+    match_weight: float = 0.0
     init: str = ""
 
     def __post_init__(self) -> None:
@@ -126,6 +137,9 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.mask_loss_weight={self.mask_loss_weight} must be >= 0")
         if self.recon_weight < 0:
             raise ValueError(f"PretrainConfig.recon_weight={self.recon_weight} must be >= 0")
+        if self.match_weight < 0 or (self.match_weight > 0 and self.copies < 2):
+            raise ValueError(f"PretrainConfig.match_weight={self.match_weight} must be >= 0, and needs copies >= 2 "
+                             f"(a defect-free copy of each scene to match against; copies={self.copies})")
         if self.init and self.init not in RELEASES:
             raise ValueError(f"PretrainConfig.init={self.init!r}: use '' (random) or one of {', '.join(RELEASES)}")
         if self.mask_head not in MASK_HEADS:
@@ -142,7 +156,7 @@ class PretrainConfig:
         # fields added after a release: at their neutral values they keep the released
         # recipes (and checkpoints) as they were
         for key, neutral in (("single_family_share", 0.0), ("mask_loss_weight", 0.0),
-                             ("recon_weight", 0.0), ("init", "")):
+                             ("recon_weight", 0.0), ("match_weight", 0.0), ("init", "")):
             if d[key] == neutral:
                 d.pop(key)
         if self.mask_loss_weight == 0.0:
@@ -319,6 +333,72 @@ def patch_reconstruction_loss(tokens: torch.Tensor, head: torch.nn.Linear, image
     return torch.nn.functional.mse_loss(head(tokens), target)
 
 
+class MatchHead(torch.nn.Module):
+    """Per-patch "damaged" logits from nearest-reference distances: ``scale * (d - offset)``.
+
+    Two learnt scalars, dropped at release: the loss asks the *distances* to separate
+    damaged from normal patches, wherever the threshold lies.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+        self.offset = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        """``B x N`` squared distances -> ``B x N`` logits."""
+        return self.log_scale.exp() * (distances - self.offset)
+
+
+def jitter_references(images: torch.Tensor, gen: torch.Generator, shift: float = 20.0, turn: float = 8.0,
+                      light: float = 0.15, tint: float = 0.08) -> torch.Tensor:
+    """Each of ``B x 3 x H x W`` images (in [0, 1]) shifted by up to ``shift`` pixels, turned
+    by up to ``turn`` degrees (reflected at the border), its brightness and contrast scaled
+    by up to ``1 +- light`` and each channel by up to ``1 +- tint``: another view of a scene,
+    as another normal sample of a category would show it (:func:`patch_matching_loss`)."""
+    b, _, h, w = images.shape
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    angle = uniform(-turn, turn) * math.pi / 180
+    tx, ty = uniform(-shift, shift) * 2 / w, uniform(-shift, shift) * 2 / h
+    theta = torch.stack([torch.stack([angle.cos(), -angle.sin(), tx], -1),
+                         torch.stack([angle.sin(), angle.cos(), ty], -1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(images, grid.to(images.dtype), padding_mode="reflection",
+                                          align_corners=False)
+    mean = out.mean((1, 2, 3), keepdim=True)
+    contrast, brightness = uniform(1 - light, 1 + light), uniform(1 - light, 1 + light)
+    out = (out - mean) * contrast.view(b, 1, 1, 1) + mean * brightness.view(b, 1, 1, 1)
+    gain = 1 + tint * (2 * torch.rand(b, 3, generator=gen) - 1)
+    return (out * gain.view(b, 3, 1, 1)).clamp(0, 1)
+
+
+def nearest_reference_distances(tokens: torch.Tensor, scenes: int) -> torch.Tensor:
+    """Squared distance of each unit token of a scene's later copies to the nearest unit token
+    of its first copy, as patch-kNN measures it (:mod:`vtfusion.patch_knn`).
+
+    Args:
+        tokens: ``B x N x D``, ``B = copies * scenes``, copy ``c`` of scene ``s`` at row
+            ``c * scenes + s`` (:func:`~vtfusion.pocket.world.sample_batch`).
+
+    Returns:
+        ``(B - scenes) x N`` distances in ``[0, 4]``, rows in the batch's order.
+    """
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    ref, later = unit[:scenes], unit[scenes:]
+    cos = torch.einsum("csnd,smd->csnm", later.reshape(-1, scenes, *later.shape[1:]), ref).amax(-1)
+    return (2 - 2 * cos).reshape(-1, tokens.shape[1])
+
+
+def patch_matching_loss(tokens: torch.Tensor, head: MatchHead, masks: torch.Tensor, scenes: int) -> torch.Tensor:
+    """Balanced cross-entropy of :class:`MatchHead`'s reading of
+    :func:`nearest_reference_distances` against the defect share of each patch of the
+    damaged copies (``masks``: the whole batch's ``B x 1 x H x W``)."""
+    return balanced_patch_bce(head(nearest_reference_distances(tokens, scenes)), masks[scenes:])
+
+
 def patch_damage_target(masks: torch.Tensor, grid: int) -> torch.Tensor:
     """Share of each patch's pixels that a defect covers: ``B x 1 x H x W`` bool -> ``B x grid*grid``."""
     return torch.nn.functional.adaptive_avg_pool2d(masks.float(), grid).flatten(1)
@@ -359,18 +439,25 @@ def balanced_patch_bce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 
 def training_losses(model, head, loss_fn, tokenizer, batch, device, mask_loss_weight: float = 0.0,
                     mask_head: str = "linear", recon_head: torch.nn.Linear | None = None,
-                    recon_weight: float = 0.0) -> dict[str, torch.Tensor]:
+                    recon_weight: float = 0.0, match_head: MatchHead | None = None,
+                    match_weight: float = 0.0, scenes: int = 0) -> dict[str, torch.Tensor]:
     """``clip`` (``ClipLoss``), ``mask`` (when weighted: :func:`patch_damage_loss` with the
     linear ``head``, or :func:`balanced_patch_bce` of :func:`text_patch_logits`), ``recon``
-    (when weighted: :func:`patch_reconstruction_loss` with ``recon_head``) and their weighted
-    sum ``total``, for one batch."""
+    (when weighted: :func:`patch_reconstruction_loss` with ``recon_head``), ``match`` (when
+    weighted: :func:`patch_matching_loss` with ``match_head`` on the last block's tokens, the
+    batch holding ``scenes`` scenes) and their weighted sum ``total``, for one batch."""
     use_mask = mask_loss_weight > 0.0 and not (mask_head == "linear" and head is None)
     use_recon = recon_weight > 0.0 and recon_head is not None
-    if not (use_mask or use_recon):
+    use_match = match_weight > 0.0 and match_head is not None and scenes > 0
+    if not (use_mask or use_recon or use_match):
         clip = clip_loss_on(model, loss_fn, tokenizer, batch, device)
         return {"clip": clip, "total": clip}
-    pooled, raw = pooled_and_patch_tokens(model, batch.images, device, projected=False)
-    tokens = raw @ model.visual.proj
+    visual = model.visual
+    last = len(visual.transformer.resblocks) - 1
+    tower = visual.forward_intermediates(normalise(batch.images.to(device)), indices=[last], output_fmt="NLC")
+    pooled, stream = tower["image_features"], tower["image_intermediates"][0]  # the last block's patch tokens
+    raw = visual.ln_post(stream)  # what the tower pools (open_clip: ln_post, then the average)
+    tokens = raw @ visual.proj
     image = torch.nn.functional.normalize(pooled, dim=-1)
     text = model.encode_text(tokenizer(batch.captions).to(device), normalize=True)
     out = {"clip": loss_fn(image, text, model.logit_scale.exp())}
@@ -385,6 +472,9 @@ def training_losses(model, head, loss_fn, tokenizer, batch, device, mask_loss_we
     if use_recon:
         out["recon"] = patch_reconstruction_loss(raw, recon_head, batch.images)
         out["total"] = out["total"] + recon_weight * out["recon"]
+    if use_match:
+        out["match"] = patch_matching_loss(stream, match_head, batch.masks, scenes)
+        out["total"] = out["total"] + match_weight * out["match"]
     return out
 
 
@@ -431,9 +521,11 @@ class PretrainState:
 
 
 def _save(path: Path, model, optimiser, state: PretrainState, cfg: PretrainConfig,
-          head: torch.nn.Module | None = None, recon: torch.nn.Module | None = None) -> None:
+          head: torch.nn.Module | None = None, recon: torch.nn.Module | None = None,
+          match: torch.nn.Module | None = None) -> None:
     payload = {**({"head": head.state_dict()} if head is not None else {}),
                **({"recon_head": recon.state_dict()} if recon is not None else {}),
+               **({"match_head": match.state_dict()} if match is not None else {}),
                "format": CHECKPOINT_FORMAT, "recipe": cfg.recipe(), "model": model.state_dict(),
                "optimiser": optimiser.state_dict(), "step": state.step, "history": state.history,
                "validation": state.validation, "seconds": state.seconds}
@@ -469,8 +561,9 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
     model = (load_released(cfg.init).train() if cfg.init else build_pocket_clip(cfg.seed)).to(dev)
     head = build_damage_head(cfg).to(dev) if cfg.mask_loss_weight > 0 and cfg.mask_head == "linear" else None
     recon = build_recon_head(cfg).to(dev) if cfg.recon_weight > 0 else None
+    match = MatchHead().to(dev) if cfg.match_weight > 0 else None
     groups = _param_groups(model, cfg.weight_decay)
-    for aux in (head, recon):
+    for aux in (head, recon, match):
         if aux is not None:
             groups[1]["params"] += list(aux.parameters())  # no decay on the auxiliary heads
     optimiser = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -482,6 +575,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
             head.load_state_dict(saved["head"])
         if recon is not None:
             recon.load_state_dict(saved["recon_head"])
+        if match is not None:
+            match.load_state_dict(saved["match_head"])
         optimiser.load_state_dict(saved["optimiser"])
         state = PretrainState(saved["step"], saved["history"], saved["validation"], saved["seconds"])
     tokenizer = pocket_tokenizer()
@@ -499,8 +594,12 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
             group["lr"] = lr_at(state.step, cfg)
         batch = sample_batch(cfg.seed, state.step, cfg.batch_size, families=cfg.batch_families(state.step),
                              copies=cfg.copies, zoom=cfg.zoom)
+        scenes = cfg.batch_size // cfg.copies
+        if match is not None:  # the defect-free copies, seen as another sample of the scene would be
+            batch.images[:scenes] = jitter_references(batch.images[:scenes],
+                                                      batch_generator(JITTER_STREAM + cfg.seed, state.step))
         losses = training_losses(model, head, loss_fn, tokenizer, batch, dev, cfg.mask_loss_weight, cfg.mask_head,
-                                 recon, cfg.recon_weight)
+                                 recon, cfg.recon_weight, match, cfg.match_weight, scenes)
         loss = losses["clip"]
         optimiser.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -510,7 +609,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
         state.history.append({"step": state.step, "loss": float(loss.detach()), "lr": lr_at(state.step, cfg),
                               "logit_scale": float(model.logit_scale.detach().exp()),
                               **({"mask_loss": float(losses["mask"].detach())} if "mask" in losses else {}),
-                              **({"recon_loss": float(losses["recon"].detach())} if "recon" in losses else {})})
+                              **({"recon_loss": float(losses["recon"].detach())} if "recon" in losses else {}),
+                              **({"match_loss": float(losses["match"].detach())} if "match" in losses else {})})
         state.step += 1
         state.seconds += time.perf_counter() - start
         if bar is not None:
@@ -519,7 +619,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig = PretrainConfig(), device
         if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
             if state.step == cfg.steps:
                 state.validation.append({"step": state.step, **evaluate(model, loss_fn, tokenizer, val, dev)})
-            _save(ckpt, model, optimiser, state, cfg, head, recon)
+            _save(ckpt, model, optimiser, state, cfg, head, recon, match)
     if bar is not None:
         bar.close()
     atomic_write_json(out / "curves.json", {"recipe": cfg.recipe(), "history": state.history,
