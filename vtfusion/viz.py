@@ -293,6 +293,17 @@ def format_difference(diff: dict) -> str:
             f"{diff['wins']}/{diff['losses']} {verdict(diff)}")
 
 
+def _grid_parts(name: str, parts: Sequence[str] | None) -> tuple[str, list[tuple[str, list[dict]]]] | None:
+    """The newest committed grid benchmark ``name``: its folder and its ``(part, summaries)``,
+    only the ``parts`` asked for (all when None); None when nothing is committed."""
+    found = latest_bench_result(name)
+    if found is None:
+        return None
+    record, folder = found
+    return folder, [(part, summaries) for part, summaries in record["parts"].items()
+                    if parts is None or part in parts]
+
+
 def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc", "aupro"),
                  parts: Sequence[str] | None = None) -> str:
     """Every row of a committed grid benchmark against ``reference`` (a row-name prefix such as
@@ -303,14 +314,12 @@ def paired_table(name: str, reference: str, metrics=("image_auroc", "pixel_auroc
     above, below or around zero. Parts whose file holds no per-cell metrics (benchmarks
     run before they were recorded) say so instead of guessing.
     """
-    found = latest_bench_result(name)
-    if found is None:
+    grid = _grid_parts(name, parts)
+    if grid is None:
         return f"no committed result of bench/{'bench_' + name}.py yet"
-    record, folder = found
+    folder, selected = grid
     lines = []
-    for part, summaries in record["parts"].items():
-        if parts is not None and part not in parts:
-            continue
+    for part, summaries in selected:
         rows = [s for s in summaries if str(s["k"]).startswith("all")]
         ref = next((s for s in rows if s["row"].split("/")[0] == reference), None)
         if ref is None:
@@ -335,14 +344,12 @@ def shot_trend_table(name: str, steps: Sequence[tuple[int, int]] = ((2, 1), (8, 
     row, ``metric`` at the larger k minus the smaller one of each pair in ``steps``, paired by
     (category, shot seed) (:func:`vtfusion.stats.shot_difference`), in points with its 95%
     interval, the units won and lost, and the verdict."""
-    found = latest_bench_result(name)
-    if found is None:
+    grid = _grid_parts(name, parts)
+    if grid is None:
         return f"no committed result of bench/{'bench_' + name}.py yet"
-    record, folder = found
+    folder, selected = grid
     lines = []
-    for part, summaries in record["parts"].items():
-        if parts is not None and part not in parts:
-            continue
+    for part, summaries in selected:
         body = []
         for s in summaries:
             present = {c["k"] for c in s.get("per_cell", [])}
