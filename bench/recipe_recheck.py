@@ -80,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     base = with_overrides(base_config(args.backbone, args.iterations, None), PROJECT_OVERRIDES)
     data_root = None
     if args.large_val:
-        # The result store files the toy dataset under "toy" whatever its root, so the larger
-        # split's cells need a results folder of their own. The models are shared: training
-        # reads the train split only, which is the same in both roots.
-        if Path(args.results).resolve() == Path(p.get_default("results")).resolve():
-            p.error("--large-val needs a results folder of its own (--results DIR): the store "
-                    "files every toy root under the same name")
+        # The store keys each split by its images (storage_name): the larger split's results
+        # go under toy-<tag>, and the trained models, whose train split is the same in both
+        # roots, are shared.
         data_root = str(large_val_root())
     names = ["project", *[c for c in args.candidates if c != "project"]]
     cands = [Candidate(n, with_overrides(base, CANDIDATES[n]), note=str(CANDIDATES[n])) for n in names]

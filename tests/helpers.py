@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from vtfusion.config import BackboneConfig, ExperimentConfig, get_profile
+from vtfusion.methods import AnomalyMethod, Prediction, Shots
 
 
 TINY = BackboneConfig(arch="tiny", weights="random", layers=(1, 2, 3, 4), precision="fp32")
@@ -17,3 +18,16 @@ def quick_config(iterations: int, **model_changes) -> ExperimentConfig:
     cfg = get_profile("quick")
     return cfg.replace(backbone=TINY, train=dataclasses.replace(cfg.train, iterations=iterations, device="cpu"),
                        model=dataclasses.replace(cfg.model, **model_changes))
+
+
+class MeanShotDifference(AnomalyMethod):
+    """Mean absolute pixel difference from the mean shot: a method for tests (no backbone, no training)."""
+
+    reads_tokens = False
+
+    def fit_shots(self, shots: Shots) -> None:
+        self.mean_shot = shots.images.mean(0)
+
+    def predict_batch(self, images, tokens, size) -> Prediction:
+        maps = (images - self.mean_shot.to(images.device)).abs().mean(1)
+        return Prediction(maps, maps.flatten(1).amax(1))

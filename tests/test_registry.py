@@ -1,6 +1,6 @@
 """Registries of methods, datasets and DAS anomaly kinds: a new one is one registration, nothing else.
 
-The method, dataset and DAS kind below are defined in this file only; registering them
+The method (``helpers.MeanShotDifference``), dataset and DAS kind are defined in the tests only; registering them
 makes them run through ``reproduce``, ``load_dataset``, ``synthesize`` and the command line.
 """
 
@@ -16,26 +16,13 @@ from vtfusion.cli import main
 from vtfusion.das import DASConfig, DASKind, get_das_kind, list_das_kinds, register_das_kind, synthesize
 from vtfusion.data import CategoryInfo, DatasetSpec, get_dataset, list_datasets, load_dataset, register_dataset
 from vtfusion.data.toy import ensure_toy_dataset
-from vtfusion.methods import AnomalyMethod, Prediction, Shots, get_method, list_methods, register_method
+from vtfusion.methods import get_method, list_methods, register_method
 from vtfusion.methods.registry import METHODS
 from vtfusion.registry import Registry
 
-from helpers import quick_config
+from helpers import MeanShotDifference, quick_config
 
 TOY_METHOD = "mean_shot_difference"
-
-
-class MeanShotDifference(AnomalyMethod):
-    """Mean absolute pixel difference from the mean shot (a toy method of the tests)."""
-
-    reads_tokens = False
-
-    def fit_shots(self, shots: Shots) -> None:
-        self.mean_shot = shots.images.mean(0)
-
-    def predict_batch(self, images, tokens, size) -> Prediction:
-        maps = (images - self.mean_shot.to(images.device)).abs().mean(1)
-        return Prediction(maps, maps.flatten(1).amax(1))
 
 
 @pytest.fixture(scope="module")

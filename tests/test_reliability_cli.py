@@ -161,7 +161,7 @@ def test_reproduce_honours_dataset_and_prints_what_runs(monkeypatch, capsys, tmp
     assert main(argv) == 2
     out = capsys.readouterr().out
     assert seen == {"dataset": "folder", "shots": (4,), "paper": "mvtec"}
-    assert "data: folder; k=4;" in out
+    assert f"data: folder in {tmp_path}; k=4;" in out
     # without --dataset the quick profile runs its toy data, and says so
     assert main(argv[:4] + argv[-4:]) == 2
     out = capsys.readouterr().out

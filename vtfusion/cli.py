@@ -299,7 +299,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _experiment_config(args)
     dataset = args.dataset or cfg.data.dataset
     k = cfg.data.shots if args.shots is None else args.shots  # not `or`: --shots 0 is an error, not "default"
-    print(describe(cfg, dataset=dataset, shots=k))
+    print(describe(cfg, dataset=dataset, shots=k, data_root=args.root))
     model, info = train_or_load(cfg, dataset, args.category, k, args.seed, root=args.out, data_root=args.root,
                                 progress=not args.quiet)
     if info["loaded"]:
@@ -397,7 +397,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         check_categories(dataset, args.categories, "--categories")
         cfg = cfg.replace(data=dataclasses.replace(cfg.data, categories=tuple(args.categories)))
     devices = _launch_devices(args)
-    print(describe(cfg, dataset=dataset, shots=shots))
+    print(describe(cfg, dataset=dataset, shots=shots, data_root=args.root))
     where = dict(shots=shots, seeds=tuple(args.seeds) if args.seeds else None, results_root=args.results,
                  runs_root=args.runs, data_root=args.root, paper_dataset=paper_dataset,
                  methods=tuple(args.methods) if args.methods else None)

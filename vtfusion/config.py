@@ -21,6 +21,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,7 +47,9 @@ class DataConfig:
 
     Attributes:
         dataset: ``toy`` | ``mvtec`` | ``visa`` | ``real_ad`` | ``folder`` (any MVTec-layout folder).
-        root: dataset root; ``None`` means the default for ``dataset`` (see :mod:`vtfusion.paths`).
+        root: where ``dataset`` lives; ``None`` means its default (see :mod:`vtfusion.paths`).
+            Every runner reads it for ``dataset`` (:meth:`root_for`); a root passed to a
+            runner (``--root``) wins, and another dataset never reads it.
         categories: categories to run; empty means every category of the dataset.
         image_size: images are resized to ``image_size x image_size`` without centre crop
             (DESIGN §7); masks are resized with nearest neighbour.
@@ -68,6 +71,13 @@ class DataConfig:
             raise ValueError(f"DataConfig.image_size must be >= 1, got {self.image_size}")
         if any(not 0 <= s < 2**31 for s in self.seeds):
             raise ValueError(f"DataConfig.seeds must be in [0, 2**31), got {self.seeds}")
+
+    def root_for(self, dataset: str, given: str | Path | None = None) -> str | Path | None:
+        """The root a runner reads ``dataset`` from: ``given`` when passed, else :attr:`root`
+        when ``dataset`` is this config's dataset, else ``None`` (the dataset's default)."""
+        if given is not None:
+            return given
+        return self.root if dataset == self.dataset else None
 
 
 #: TrainConfig.calibration: where the late fusions' normal statistics come from.
@@ -338,14 +348,15 @@ def load_config(profile: str | None = None, announce: bool = False) -> Experimen
 
 
 def describe(cfg: ExperimentConfig, explicit: bool = True, dataset: str | None = None,
-             shots: int | typing.Sequence[int] | None = None) -> str:
+             shots: int | typing.Sequence[int] | None = None, data_root: str | Path | None = None) -> str:
     """One human sentence about what a config runs on.
 
-    ``dataset`` and ``shots``: what actually runs when a command overrides the profile's
-    ``cfg.data.dataset`` and ``cfg.data.shots`` (several k for a table), so the line never
-    names data or a k that does not run.
+    ``dataset``, ``shots`` and ``data_root``: what actually runs when a command overrides the
+    profile's ``cfg.data.dataset``, ``cfg.data.shots`` (several k for a table) and
+    ``cfg.data.root``, so the line never names data, a folder or a k that does not run.
     """
     dataset = cfg.data.dataset if dataset is None else dataset
+    root = cfg.data.root_for(dataset, data_root)
     shots = cfg.data.shots if shots is None else shots
     ks = ",".join(str(k) for k in shots) if isinstance(shots, (tuple, list)) else str(shots)
     b = cfg.backbone
@@ -354,7 +365,7 @@ def describe(cfg: ExperimentConfig, explicit: bool = True, dataset: str | None =
         weights += " (pocket CLIP, pre-trained by this project on generated images; not the paper's CLIP)"
     how = "chosen explicitly" if explicit else "chosen automatically"
     line = (f"profile: {cfg.profile} ({how}), recipe: {recipe_of(cfg)}; backbone: {b.arch}, weights: {weights}; "
-            f"data: {dataset}; k={ks}; {cfg.train.iterations} training iterations")
+            f"data: {dataset}{'' if root is None else f' in {root}'}; k={ks}; {cfg.train.iterations} training iterations")
     if cfg.profile == "quick" and not explicit:
         missing = [k for k, ok in paper_requirements().items() if not ok]
         line += f". The paper profile needs {', '.join(missing)}: not present here."

@@ -277,6 +277,7 @@ def run_method(method: str, cfg: ExperimentConfig, dataset: str, category: str, 
     ``map_metrics`` of the method's other maps, ``config``, ``method_config``, ``cost``,
     timing, provenance; ``skipped`` tells whether it was read from an earlier run).
     """
+    data_root = cfg.data.root_for(dataset, data_root)
     instance, k, seed, key, path = _locate(method, cfg, dataset, category, k, seed, options, folder,
                                            results_root, data_root, backbone, split)
     cell_cfg = instance.cfg
@@ -330,7 +331,7 @@ def cell_result_file(method: str, cfg: ExperimentConfig, dataset: str, category:
     ``backbone``: share one (the method is only built, not fitted); ``None`` builds it.
     """
     _, _, _, key, path = _locate(method, cfg, dataset, category, k, seed, options, folder, results_root,
-                                 data_root, backbone, split)
+                                 cfg.data.root_for(dataset, data_root), backbone, split)
     return path, key
 
 
@@ -341,7 +342,7 @@ def _locate(method, cfg, dataset, category, k, seed, options, folder, results_ro
     instance = create_method(method, cfg.replace(train=dataclasses.replace(cfg.train, seed=seed)),
                              backbone=backbone, options=options)
     key = result_key(instance.config())
-    path = result_path(instance.cfg, storage_name(dataset, data_root), category, k, seed, folder or method,
+    path = result_path(instance.cfg, storage_name(dataset, data_root, split), category, k, seed, folder or method,
                        results_root, split, key)
     return instance, k, seed, key, path
 

@@ -134,7 +134,7 @@ def measured_seconds(p: Plan) -> dict[str, float | None]:
     base = Path(p.results_root) if p.results_root is not None else paths.results_dir()
     out = {}
     for method in p.rows:
-        folder = base / p.cfg.profile / storage_name(p.dataset, p.data_root) / f"{p.table}-{method.key}"
+        folder = base / p.cfg.profile / storage_name(p.dataset, p.data_root, "test") / f"{p.table}-{method.key}"
         seconds = []
         for f in folder.glob("*/*.json"):
             try:

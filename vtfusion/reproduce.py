@@ -34,6 +34,7 @@ from vtfusion.backbone import build_backbone
 from vtfusion.cache import FeatureCache
 from vtfusion.config import ExperimentConfig
 from vtfusion.data.categories import categories as dataset_categories
+from vtfusion.data.registry import storage_name
 from vtfusion.evaluate import cell_result_file, read_result, run_method
 from vtfusion.io import file_lock
 from vtfusion.methods import get_method
@@ -154,6 +155,7 @@ def plan(table: str, cfg: ExperimentConfig, dataset: str, shots: tuple[int, ...]
     """The cells of ``table`` (arguments as :func:`reproduce`), without running any."""
     shots = tuple(shots or default_shots(table))
     seeds = tuple(seeds or cfg.data.seeds)
+    data_root = cfg.data.root_for(dataset, data_root)
     cats = tuple(categories or cfg.data.categories or dataset_categories(dataset))
     paper_dataset = paper_dataset or (dataset if dataset in ("mvtec", "visa") else "mvtec")
     rows_of = tuple(table_methods(table, cfg, methods))
@@ -259,7 +261,8 @@ def summarise(p: Plan, results: dict[Cell, dict]) -> list[dict]:
     for method in p.rows:
         for k in dict.fromkeys(k for k, _ in grid[method.key]):
             row_seeds = [s for kk, s in grid[method.key] if kk == k]
-            row = {"table": table, "method": method.key, "k": k, "dataset": p.dataset, "seeds": row_seeds,
+            row = {"table": table, "method": method.key, "k": k, "dataset": p.dataset,
+                   "stored_as": storage_name(p.dataset, p.data_root, "test"), "seeds": row_seeds,
                    "categories": list(cats), "profile": cfg.profile, "paper_dataset": p.paper_dataset,
                    "config_hash": key, "cells": len(files[(method.key, k)]),
                    "cell_files": [_relative(f, summary_dir, cfg.profile) for f in files[(method.key, k)]]}

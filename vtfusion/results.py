@@ -176,18 +176,21 @@ def write_summary(rows: list[dict], out_dir: str | Path) -> tuple[Path, Path]:
     """``<table>_<dataset>_<summarykey>.json`` and ``.csv`` in ``out_dir`` (atomic, strict JSON).
 
     ``rows`` are :func:`vtfusion.reproduce.reproduce`'s: each carries the run's
-    ``config_hash`` (its :func:`summary_key`) and its ``cell_files``.
+    ``config_hash`` (its :func:`summary_key`) and its ``cell_files``. ``<dataset>`` is the
+    name its cells are stored under (``stored_as``), so two folders, or two toy roots with
+    other test images, never share a summary.
     """
     out_dir = Path(out_dir)
     first = rows[0]
-    name = f"{first['table']}_{first['dataset']}_{first['config_hash']}"
+    name = f"{first['table']}_{first.get('stored_as') or first['dataset']}_{first['config_hash']}"
     document = {"format": SUMMARY_FORMAT, "table": first["table"], "dataset": first["dataset"],
                 "profile": first["profile"], "config_hash": first["config_hash"],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cells": sum(len(r.get("cell_files", ())) for r in rows), "rows": rows}
     json_path = atomic_write_json(out_dir / f"{name}.json", document)
     buf = io.StringIO()
-    keys = [k for k in first if k not in ("seeds", "categories", "cell_files", "null_reasons", "per_category")]
+    keys = [k for k in first if k not in ("stored_as", "seeds", "categories", "cell_files", "null_reasons",
+                                          "per_category")]
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -65,6 +65,7 @@ def cell_shots(method: AnomalyMethod, dataset: str, category: str, k: int, seed:
                data_root: str | Path | None = None) -> Shots:
     """The committed k-shot images of a cell, as ``method`` is fitted on them (none for a zero-shot method)."""
     size = method.cfg.data.image_size
+    data_root = method.cfg.data.root_for(dataset, data_root)
     backbone = method.backbone if method.reads_tokens else None
     if not method.uses_shots:
         return Shots(torch.empty(0, 3, size, size), dataset, category, seed, (), backbone)
@@ -84,12 +85,13 @@ def fit_or_load(method: AnomalyMethod, dataset: str, category: str, k: int, seed
     :func:`vtfusion.io.file_lock`).
     """
     context = context or FitContext()
+    data_root = method.cfg.data.root_for(dataset, data_root)
     fit_config = method.fit_config()
     if fit_config is None:  # a cheap fit: never kept
         shots = cell_shots(method, dataset, category, k, seed, data_root)
         record = method.fit(shots, context)
         return {**record, "shots": list(shots.files), "seconds": method.cost.fit_seconds, "loaded": False}
-    folder = run_path(method.cfg.profile, storage_name(dataset, data_root), category, k, seed,
+    folder = run_path(method.cfg.profile, storage_name(dataset, data_root, "train"), category, k, seed,
                       content_key(fit_config), root)
     path = folder / STATE_FILE
     saved = _load_saved(method, path, context)

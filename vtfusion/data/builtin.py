@@ -23,6 +23,12 @@ def _toy_data() -> Path:
     return ensure_toy_dataset()
 
 
+def _toy_split_variant(root: Path, split: str | None) -> str | None:
+    from vtfusion.data.toy import split_variant  # local, as above
+
+    return split_variant(root, split)
+
+
 def _real_ad_pools(root: Path | None) -> dict[str, list[str]]:
     real = root or paths.real_ad_root()
     if not real.is_dir():
@@ -40,7 +46,7 @@ register_dataset(DatasetSpec(
     name="toy", description="the generated toy industrial data (4 categories, with a val split; no download)",
     categories=TOY, default_root=paths.toy_root, prepare_root=_toy_data,
     root_hint="generate it with `vtfusion data toy --root {root}`",
-    training_pools=toy_pools, committed_shots=True))
+    training_pools=toy_pools, committed_shots=True, split_variant=_toy_split_variant))
 
 register_dataset(DatasetSpec(
     name="mvtec", description="MVTec AD (15 categories; `vtfusion data download mvtec`)",

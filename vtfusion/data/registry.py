@@ -61,6 +61,10 @@ class DatasetSpec:
             otherwise they are drawn per root under ``$VTFUSION_DATA_DIR/shots``.
         keyed_by_root: runs, results and shot lists are kept per root (``<name>-<8 hex of the
             root>``), so two folders with a category of the same name never share them.
+        split_variant: ``split_variant(root, split)`` -> ``None`` when ``split`` at ``root``
+            holds the same images as at the default root, else a short tag that keys its
+            runs, results and shot lists apart (``<name>-<tag>``): the generated toy data
+            drawn with other counts. ``None``: the data is the same wherever it lives.
         paper_tables: the paper reports numbers on it (``vtfusion reproduce`` compares with them).
     """
 
@@ -74,6 +78,7 @@ class DatasetSpec:
     training_pools: Callable[[Path | None], dict[str, list[str]]] | None = None
     committed_shots: bool = False
     keyed_by_root: bool = False
+    split_variant: Callable[[Path, str | None], str | None] | None = None
     paper_tables: bool = False
 
 
@@ -135,15 +140,22 @@ def root_digest(root: str | Path) -> str:
     return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
 
 
-def storage_name(dataset: str, root: str | Path | None = None) -> str:
+def storage_name(dataset: str, root: str | Path | None = None, split: str | None = None) -> str:
     """The folder name under which runs, results and shot lists of ``dataset`` are stored.
 
     Named datasets keep their name. A dataset kept per root (a custom ``folder``) gets
     ``<name>-<8 hex>`` from its absolute path, so two different folders with a category
-    of the same name never share a trained model, a result file or a shot list.
+    of the same name never share a trained model, a result file or a shot list. A named
+    dataset with a :attr:`DatasetSpec.split_variant` gets ``<name>-<tag>`` where ``split``
+    (the one read: ``train`` for runs and shot lists, the evaluated one for results;
+    ``None``: every split) differs from its default root's: a toy root drawn with a larger
+    validation split shares the trained models of ``data/toy`` but never its validation
+    results.
     """
     if not keyed_by_root(dataset):
-        return dataset
+        variant = get_dataset(dataset).split_variant if dataset in DATASETS else None
+        tag = None if root is None or variant is None else variant(Path(root), split)
+        return dataset if tag is None else f"{dataset}-{tag}"
     if root is None:
         raise ValueError(f"dataset {dataset!r} is kept per root folder; pass root=<the MVTec-layout folder>")
     return f"{dataset}-{root_digest(root)}"

@@ -90,7 +90,7 @@ def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path |
               root: str | Path | None = None) -> Path:
     """``<base>/<storage name>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset;
     :func:`~vtfusion.data.registry.storage_name`)."""
-    return Path(base or shots_base(dataset)) / storage_name(dataset, root) / category / f"k{k}_seed{seed}.json"
+    return Path(base or shots_base(dataset)) / storage_name(dataset, root, "train") / category / f"k{k}_seed{seed}.json"
 
 
 def save_shot_list(shot_list: ShotList, base: str | Path | None = None, root: str | Path | None = None) -> Path:

@@ -70,6 +70,7 @@ from scipy import ndimage
 from vtfusion import __version__, paths
 from vtfusion.data.categories import TOY_CATEGORIES
 from vtfusion.data.layout import GOOD, MASK_FOLDERS
+from vtfusion.data.registry import root_digest
 from vtfusion.io import atomic_write_text
 
 GENERATOR_VERSION = "toy-2"
@@ -1632,6 +1633,49 @@ def _read_manifest(root: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+#: The counts of ToyConfig that decide each split's images (besides seed and image size).
+SPLIT_COUNTS: dict[str, tuple[str, ...]] = {"train": ("n_train",), "val": ("n_val_good", "n_val_per_defect"),
+                                            "test": ("n_test_good", "n_test_per_defect")}
+
+
+def _split_identity(manifest: dict, split: str | None) -> dict:
+    """What of a manifest decides ``split``'s images (``None``: every split's), per category.
+
+    Each image is drawn from ``(seed, category, split, index)`` alone, so a category's split
+    depends on the generator version, the seed, the image size, that split's counts and,
+    for the defective splits, the category's defect types; not on the other splits or
+    on which other categories were written.
+    """
+    cfg = manifest.get("config", {})
+    counts = [c for name in ((split,) if split is not None else tuple(SPLIT_COUNTS)) for c in SPLIT_COUNTS[name]]
+    identity = {"generator": manifest.get("generator"), "generator_version": manifest.get("generator_version"),
+                **{key: cfg.get(key) for key in ("seed", "image_size", *counts)}}
+    if split != "train":
+        identity["defect_types"] = manifest.get("defect_types")
+    return identity
+
+
+def split_variant(root: Path, split: str | None) -> str | None:
+    """``None`` when ``split`` at ``root`` holds the images the default toy root holds, else 8 hex
+    digits of what differs (:func:`vtfusion.data.registry.storage_name`).
+
+    ``split``: ``train``, ``val``, ``test`` or ``None`` (every split). A root without a
+    readable manifest is told apart by its path, so it never shares results with another.
+    """
+    if split is not None and split not in SPLIT_COUNTS:
+        raise ValueError(f"unknown toy split {split!r}; use one of {', '.join(SPLIT_COUNTS)}")
+    manifest = _read_manifest(root)
+    if manifest is None or not isinstance(manifest.get("config"), dict):
+        return root_digest(root)
+    default = _manifest(ToyConfig(categories=TOY_CATEGORIES))
+    default["defect_types"] = {c: t for c, t in default["defect_types"].items()
+                               if c in (manifest.get("defect_types") or {})}
+    ours = _split_identity(manifest, split)
+    if ours == _split_identity(default, split):
+        return None
+    return hashlib.sha256(json.dumps(ours, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def generated_files(config: ToyConfig, defect_types: Mapping[str, Sequence[str]] = DEFECT_TYPES) -> list[str]:
