@@ -49,14 +49,19 @@ from vtfusion.viz import format_difference, format_table  # noqa: E402
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
-def backbone_configs(extra: dict[str, str]) -> dict[str, BackboneConfig]:
-    """``tiny`` as the quick profile reads it, the pocket releases and ``extra`` weights as READING says."""
+def backbone_configs(extra: dict[str, str], random_pocket: bool = False) -> dict[str, BackboneConfig]:
+    """``tiny`` as the quick profile reads it, the pocket releases and ``extra`` weights as READING says;
+    with ``random_pocket``, the pocket architecture at its random init, read as each release is
+    (the control that tells what pre-training did from what the architecture and its blocks do)."""
     tiny = get_profile("quick").backbone
     pocket = {name: BackboneConfig(arch="pocket", weights=name, layers=tuple(r["layers"]))
               for name, r in READING.items()}
+    random = {f"random pocket, read as {name}": BackboneConfig(arch="pocket", weights="random",
+                                                                 layers=tuple(r["layers"]))
+              for name, r in READING.items()} if random_pocket else {}
     files = {name: BackboneConfig(arch="pocket", weights=path, layers=tuple(READING["pocket-v2"]["layers"]))
              for name, path in extra.items()}
-    return {"tiny": tiny, **pocket, **files}
+    return {"tiny": tiny, **pocket, **random, **files}
 
 
 def pixel_tokens(images: torch.Tensor, patch: int = 16) -> torch.Tensor:
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--extra", nargs="+", default=[], metavar="NAME=FILE",
                    help="pocket weights from files (pre-training runs' checkpoint.pt), read as pocket-v2")
+    p.add_argument("--random-pocket", action="store_true",
+                   help="add the pocket architecture at its random init (seed 0), read as each release")
     p.add_argument("--root", type=Path, default=LARGE_VAL_ROOT,
                    help="folder of the larger toy dataset (generated there when missing)")
     p.add_argument("--shots", type=int, nargs="+", default=[2, 4])
@@ -99,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/pocket_patch_knn_val.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    configs = backbone_configs(weights_files(p, args.extra))
+    configs = backbone_configs(weights_files(p, args.extra), args.random_pocket)
     large_val_root(args.root)
     start = time.perf_counter()
     cells: dict[str, list[dict]] = {"pixels": grid_cells(pixel_tokens, args.root, args.shots, args.seeds)}
     for name, cfg in configs.items():
-        backbone = build_backbone(cfg).eval()
+        backbone = build_backbone(cfg, seed=0).eval()
         cells[name] = grid_cells(backbone, args.root, args.shots, args.seeds)
         print(f"{name}: {time.perf_counter() - start:.0f}s", flush=True)
     rows = []
