@@ -162,3 +162,16 @@ def test_two_folders_reproduced_alike_keep_two_summaries(method, small_root, tmp
         assert rows[0]["dataset"] == "folder" and rows[0]["stored_as"] == f"folder-{root_digest(root)}"
         written.append(write_summary(rows, tmp_path / "res" / "quick")[0])
     assert written[0] != written[1] and all(path.is_file() for path in written)
+
+
+def test_shot_lists_of_a_toy_root_with_another_train_split_are_user_data(small_root, tmp_path, monkeypatch):
+    from vtfusion import paths
+    from vtfusion.data.shots import generate_shot_lists, shot_path
+
+    monkeypatch.setenv("VTFUSION_DATA_DIR", str(tmp_path / "user"))
+    written = generate_shot_lists("toy", root=small_root, ks=(2,), seeds=(0,))
+    tag = storage_name("toy", small_root, "train")
+    assert tag != "toy" and written == [tmp_path / "user" / "shots" / tag / "chip" / "k2_seed0.json"]
+    files = json.loads(written[0].read_text())["files"]
+    assert all((small_root / "chip" / f).is_file() for f in files)  # drawn from its 3 images, not data/toy's 20
+    assert shot_path("toy", "chip", 2, 0).parent.parent.parent == paths.committed_shots_dir()

@@ -23,6 +23,12 @@ def _toy_data() -> Path:
     return ensure_toy_dataset()
 
 
+def _toy_pools(root: Path | None) -> dict[str, list[str]]:
+    """The default toy data's pools from the generator's sizes (nothing rendered); another root's
+    from its folder, which may hold another number of training images."""
+    return toy_pools() if root is None else folder_pools(root, "toy")
+
+
 def _toy_split_variant(root: Path, split: str | None) -> str | None:
     from vtfusion.data.toy import split_variant  # local, as above
 
@@ -46,7 +52,7 @@ register_dataset(DatasetSpec(
     name="toy", description="the generated toy industrial data (4 categories, with a val split; no download)",
     categories=TOY, default_root=paths.toy_root, prepare_root=_toy_data,
     root_hint="generate it with `vtfusion data toy --root {root}`",
-    training_pools=toy_pools, committed_shots=True, split_variant=_toy_split_variant))
+    training_pools=_toy_pools, committed_shots=True, split_variant=_toy_split_variant))
 
 register_dataset(DatasetSpec(
     name="mvtec", description="MVTec AD (15 categories; `vtfusion data download mvtec`)",

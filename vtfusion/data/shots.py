@@ -81,16 +81,18 @@ def make_shot_list(dataset: str, category: str, pool: Sequence[str], k: int, see
     return ShotList(dataset, category, k, seed, files, len(unique))
 
 
-def shots_base(dataset: str) -> Path:
-    """Committed lists of the named datasets are package data; a user folder's lists are user data."""
-    return paths.committed_shots_dir() if committed_shot_lists(dataset) else paths.shots_dir()
+def shots_base(dataset: str, root: str | Path | None = None) -> Path:
+    """Committed lists of the named datasets are package data; a user folder's lists, and those
+    of a toy root drawn with another train split (``root``), are user data."""
+    committed = committed_shot_lists(dataset) and storage_name(dataset, root, "train") == dataset
+    return paths.committed_shots_dir() if committed else paths.shots_dir()
 
 
 def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path | None = None,
               root: str | Path | None = None) -> Path:
     """``<base>/<storage name>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset;
     :func:`~vtfusion.data.registry.storage_name`)."""
-    return Path(base or shots_base(dataset)) / storage_name(dataset, root, "train") / category / f"k{k}_seed{seed}.json"
+    return Path(base or shots_base(dataset, root)) / storage_name(dataset, root, "train") / category / f"k{k}_seed{seed}.json"
 
 
 def save_shot_list(shot_list: ShotList, base: str | Path | None = None, root: str | Path | None = None) -> Path:
