@@ -1,4 +1,4 @@
-"""Readable chapter notebooks: short code lines, no committed outputs, cells that parse.
+"""Readable chapter notebooks: short code lines, no committed outputs, cells that parse and have ids.
 
 Fast (reads JSON only, never executes a notebook), so it runs with every test pass.
 """
@@ -72,3 +72,14 @@ def test_every_code_cell_parses(path):
         except SyntaxError as err:
             errors.append(f"{path.name} cell {index} line {err.lineno}: {err.msg}")
     assert not errors, "code cells that do not parse:\n" + "\n".join(errors)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_cell_has_a_unique_id(path):
+    """nbformat 4.5 cells carry ids; a cell added by hand without one is a warning today and
+    an error in later nbformat versions."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    missing = [index for index, cell in enumerate(cells) if not cell.get("id")]
+    ids = [cell.get("id") for cell in cells if cell.get("id")]
+    assert not missing, f"{path.name}: cells without an id: {missing}"
+    assert len(ids) == len(set(ids)), f"{path.name}: repeated cell ids"
