@@ -257,12 +257,13 @@ def summarise(p: Plan, results: dict[Cell, dict]) -> list[dict]:
     key = summary_key(cfg, table, p.shots, p.seeds, cats, p.paper_dataset,
                       tuple(dict.fromkeys(m.method for m in p.rows)))
     summary_dir = Path(p.results_root) if p.results_root is not None else None
+    stored_as = storage_name(p.dataset, p.data_root, "test")
     rows = []
     for method in p.rows:
         for k in dict.fromkeys(k for k, _ in grid[method.key]):
             row_seeds = [s for kk, s in grid[method.key] if kk == k]
             row = {"table": table, "method": method.key, "k": k, "dataset": p.dataset,
-                   "stored_as": storage_name(p.dataset, p.data_root, "test"), "seeds": row_seeds,
+                   "stored_as": stored_as, "seeds": row_seeds,
                    "categories": list(cats), "profile": cfg.profile, "paper_dataset": p.paper_dataset,
                    "config_hash": key, "cells": len(files[(method.key, k)]),
                    "cell_files": [_relative(f, summary_dir, cfg.profile) for f in files[(method.key, k)]]}

@@ -153,7 +153,7 @@ def storage_name(dataset: str, root: str | Path | None = None, split: str | None
     results.
     """
     if not keyed_by_root(dataset):
-        variant = get_dataset(dataset).split_variant if dataset in DATASETS else None
+        variant = get_dataset(dataset).split_variant  # registered: an unregistered name is kept per root
         tag = None if root is None or variant is None else variant(Path(root), split)
         return dataset if tag is None else f"{dataset}-{tag}"
     if root is None:

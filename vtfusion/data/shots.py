@@ -81,10 +81,11 @@ def make_shot_list(dataset: str, category: str, pool: Sequence[str], k: int, see
     return ShotList(dataset, category, k, seed, files, len(unique))
 
 
-def shots_base(dataset: str, root: str | Path | None = None) -> Path:
+def shots_base(dataset: str, stored_as: str | None = None) -> Path:
     """Committed lists of the named datasets are package data; a user folder's lists, and those
-    of a toy root drawn with another train split (``root``), are user data."""
-    committed = committed_shot_lists(dataset) and storage_name(dataset, root, "train") == dataset
+    of a toy root drawn with another train split (``stored_as``, its
+    :func:`~vtfusion.data.registry.storage_name`, is not the dataset's name), are user data."""
+    committed = committed_shot_lists(dataset) and (stored_as or dataset) == dataset
     return paths.committed_shots_dir() if committed else paths.shots_dir()
 
 
@@ -92,7 +93,8 @@ def shot_path(dataset: str, category: str, k: int, seed: int, base: str | Path |
               root: str | Path | None = None) -> Path:
     """``<base>/<storage name>/<category>/k<k>_seed<s>.json`` (``root``: needed for a ``folder`` dataset;
     :func:`~vtfusion.data.registry.storage_name`)."""
-    return Path(base or shots_base(dataset, root)) / storage_name(dataset, root, "train") / category / f"k{k}_seed{seed}.json"
+    stored_as = storage_name(dataset, root, "train")
+    return Path(base or shots_base(dataset, stored_as)) / stored_as / category / f"k{k}_seed{seed}.json"
 
 
 def save_shot_list(shot_list: ShotList, base: str | Path | None = None, root: str | Path | None = None) -> Path:
